@@ -1,0 +1,53 @@
+"""The ``dgp`` command. Each sub-module registers its commands on :data:`app`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="dgp",
+    help="Deep Generative Prior: restore and edit images with a pretrained BigGAN.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from dgp import __version__
+
+        typer.echo(f"dgp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """Deep Generative Prior: restore and edit images with a pretrained BigGAN."""
+
+
+def main() -> None:
+    """Console-script entry point: user errors end in one line on stderr and exit status 1.
+
+    Set ``DGP_DEBUG=1`` to see the full traceback instead.
+    """
+    import os
+    import sys
+
+    from dgp.cli import commands  # noqa: F401  (registers every command)
+    from dgp.reconstruct import ReconstructionError
+
+    try:
+        app(prog_name="dgp", standalone_mode=True)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (ValueError, OSError, ReconstructionError) as exc:
+        if os.environ.get("DGP_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,6 @@
+"""Imports every command module so that each registers its commands on the app."""
+
+from dgp.cli import priors  # noqa: E402,F401  (dgp priors ...)
+from dgp.cli import restore  # noqa: E402,F401  (restoration and editing commands)
+from dgp.cli import evaluate  # noqa: E402,F401  (dgp priors evaluate)
+from dgp.cli import train  # noqa: E402,F401  (dgp train prior|classifier)

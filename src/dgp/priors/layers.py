@@ -1,0 +1,258 @@
+"""Building blocks of BigGAN, state-dict compatible with BigGAN-PyTorch and the DGP release.
+
+Every layer keeps the original parameter and buffer names (``u0``/``sv0`` for spectral norm,
+``stored_mean``/``stored_var`` for batch norm, ``gain``/``bias`` for conditional batch norm) so that the
+released checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def spectral_sigma(weight: Tensor, u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """One power iteration on ``weight`` viewed as ``(out, -1)``, starting from ``u``.
+
+    Args:
+        weight: any-shaped weight whose first dimension is the number of outputs.
+        u: ``(1, out)`` left singular vector estimate.
+        eps: normalisation epsilon.
+
+    Returns:
+        ``(sigma, u_new)``: the differentiable estimate of the top singular value (scalar) and the updated,
+        detached ``(1, out)`` vector.
+    """
+    w = weight.reshape(weight.shape[0], -1)
+    with torch.no_grad():
+        v = F.normalize(u @ w, eps=eps)
+        u_new = F.normalize(v @ w.t(), eps=eps)
+    sigma = ((v @ w.t()) @ u_new.t()).squeeze()
+    return sigma, u_new
+
+
+class SpectralNorm:
+    """Mixin: a layer whose ``weight`` is divided by its top singular value.
+
+    The vector ``u0`` is refined by one power iteration per forward pass and stored only in training mode;
+    ``sv0`` records the last singular value (training mode only; it is never used in the computation).
+    """
+
+    weight: Tensor
+    training: bool
+    sn_eps: float
+
+    def _init_sn(self, num_outputs: int, eps: float) -> None:
+        self.sn_eps = eps
+        self.register_buffer("u0", torch.randn(1, num_outputs))  # type: ignore[attr-defined]
+        self.register_buffer("sv0", torch.ones(1))  # type: ignore[attr-defined]
+
+    def normalized_weight(self) -> Tensor:
+        sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
+        if self.training:
+            with torch.no_grad():
+                self.u0.copy_(u_new)  # type: ignore[attr-defined]
+                self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
+        return self.weight / sigma
+
+
+class SNConv2d(nn.Conv2d, SpectralNorm):
+    """2-D convolution with spectral norm. Input ``(B, in, H, W)``, output ``(B, out, H', W')``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
+                 bias: bool = True, eps: float = 1e-6) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        self._init_sn(out_channels, eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+
+
+class SNLinear(nn.Linear, SpectralNorm):
+    """Linear layer with spectral norm. Input ``(B, in)``, output ``(B, out)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, eps: float = 1e-6) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias)
+        self._init_sn(out_features, eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class SNEmbedding(nn.Embedding, SpectralNorm):
+    """Embedding with spectral norm over the ``(num_embeddings, dim)`` table (the discriminator's projection)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, eps: float = 1e-6) -> None:
+        nn.Embedding.__init__(self, num_embeddings, embedding_dim)
+        self._init_sn(num_embeddings, eps)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.normalized_weight())
+
+
+class Attention(nn.Module):
+    """SAGAN self-attention block with a learned gain ``gamma`` (starts at 0). Shape-preserving on ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.channels = channels
+        self.theta = SNConv2d(channels, channels // 8, 1, padding=0, bias=False, eps=eps)
+        self.phi = SNConv2d(channels, channels // 8, 1, padding=0, bias=False, eps=eps)
+        self.g = SNConv2d(channels, channels // 2, 1, padding=0, bias=False, eps=eps)
+        self.o = SNConv2d(channels // 2, channels, 1, padding=0, bias=False, eps=eps)
+        self.gamma = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        theta = self.theta(x).reshape(b, c // 8, h * w)
+        phi = F.max_pool2d(self.phi(x), 2).reshape(b, c // 8, h * w // 4)
+        g = F.max_pool2d(self.g(x), 2).reshape(b, c // 2, h * w // 4)
+        beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, HW, HW/4)
+        o = self.o((g @ beta.transpose(1, 2)).reshape(b, c // 2, h, w))
+        return self.gamma * o + x
+
+
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose gain ``1 + gain(y)`` and bias ``bias(y)`` come from a conditioning vector.
+
+    Args:
+        channels: feature channels ``C``.
+        cond_dim: size of the conditioning vector ``y`` (class embedding, plus a z chunk when hierarchical).
+    """
+
+    def __init__(self, channels: int, cond_dim: int, eps: float = 1e-5, sn_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gain = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
+        self.bias = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
+        self.register_buffer("stored_mean", torch.zeros(channels))
+        self.register_buffer("stored_var", torch.ones(channels))
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x``: ``(B, C, H, W)``, ``y``: ``(B, cond_dim)``."""
+        gain = (1 + self.gain(y)).unsqueeze(-1).unsqueeze(-1)
+        bias = self.bias(y).unsqueeze(-1).unsqueeze(-1)
+        out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None, self.training, 0.1, self.eps)
+        return out * gain + bias
+
+
+class BatchNorm(nn.Module):
+    """Unconditional batch norm with the original ``gain``/``bias``/``stored_*`` names (G's output layer)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("stored_mean", torch.zeros(channels))
+        self.register_buffer("stored_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias, self.training, 0.1,
+                            self.eps)
+
+
+class FrozenInstanceNorm(nn.Module):
+    """Instance norm with a per-channel affine that is set once and never trained (DGP's ``use_in``).
+
+    ``weight``/``bias`` are buffers named as in the DGP release (``inN.weight``/``inN.bias``).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+
+    @torch.no_grad()
+    def match(self, h: Tensor) -> None:
+        """Set the affine so that this layer reproduces ``h`` ``(B, C, H, W)``: its per-channel mean and
+        unbiased std over space (averaged over the batch when B > 1)."""
+        flat = h.flatten(2)
+        self.weight.copy_(flat.std(dim=2).mean(0))
+        self.bias.copy_(flat.mean(dim=2).mean(0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+class GBlock(nn.Module):
+    """Generator residual block: CBN-ReLU-up-conv-CBN-ReLU-conv plus an upsampled 1x1 shortcut.
+
+    With instance norm on, each CBN is replaced by a :class:`FrozenInstanceNorm` whose affine is matched to
+    the CBN output on the first forward pass after switching on, then kept until switched off.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, upsample: bool,
+                 bn_eps: float = 1e-5, sn_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.conv1 = SNConv2d(in_channels, out_channels, eps=sn_eps)
+        self.conv2 = SNConv2d(out_channels, out_channels, eps=sn_eps)
+        self.learnable_sc = in_channels != out_channels or upsample
+        if self.learnable_sc:
+            self.conv_sc = SNConv2d(in_channels, out_channels, 1, padding=0, eps=sn_eps)
+        self.bn1 = ConditionalBatchNorm(in_channels, cond_dim, bn_eps, sn_eps)
+        self.bn2 = ConditionalBatchNorm(out_channels, cond_dim, bn_eps, sn_eps)
+        self.in1 = FrozenInstanceNorm(in_channels)
+        self.in2 = FrozenInstanceNorm(out_channels)
+        self.in_ready = False
+
+    def _norm(self, bn: ConditionalBatchNorm, inorm: FrozenInstanceNorm, x: Tensor, y: Tensor,
+              use_in: bool) -> Tensor:
+        if not use_in:
+            return bn(x, y)
+        if not self.in_ready:
+            with torch.no_grad():
+                inorm.match(bn(x, y))
+        return inorm(x)
+
+    def forward(self, x: Tensor, y: Tensor, use_in: bool = False) -> Tensor:
+        """``x``: ``(B, in, H, W)``, ``y``: ``(B, cond_dim)`` -> ``(B, out, 2H, 2W)`` (or ``(B, out, H, W)``)."""
+        h = F.relu(self._norm(self.bn1, self.in1, x, y, use_in))
+        if self.upsample:
+            h = F.interpolate(h, scale_factor=2)
+            x = F.interpolate(x, scale_factor=2)
+        h = self.conv1(h)
+        h = F.relu(self._norm(self.bn2, self.in2, h, y, use_in))
+        self.in_ready = use_in
+        h = self.conv2(h)
+        if self.learnable_sc:
+            x = self.conv_sc(x)
+        return h + x
+
+
+class DBlock(nn.Module):
+    """Discriminator residual block (wide): [ReLU]-conv-ReLU-conv-[avgpool] plus a 1x1 shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool, preactivation: bool,
+                 sn_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.preactivation = preactivation
+        self.conv1 = SNConv2d(in_channels, out_channels, eps=sn_eps)
+        self.conv2 = SNConv2d(out_channels, out_channels, eps=sn_eps)
+        self.learnable_sc = in_channels != out_channels or downsample
+        if self.learnable_sc:
+            self.conv_sc = SNConv2d(in_channels, out_channels, 1, padding=0, eps=sn_eps)
+
+    def _shortcut(self, x: Tensor) -> Tensor:
+        if self.preactivation:
+            if self.learnable_sc:
+                x = self.conv_sc(x)
+            if self.downsample:
+                x = F.avg_pool2d(x, 2)
+        else:
+            if self.downsample:
+                x = F.avg_pool2d(x, 2)
+            if self.learnable_sc:
+                x = self.conv_sc(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(x) if self.preactivation else x
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+        return h + self._shortcut(x)

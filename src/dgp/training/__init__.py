@@ -1,0 +1,1 @@
+"""Training priors and classifiers on image folders."""
