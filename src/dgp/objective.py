@@ -63,6 +63,15 @@ class Objective:
         with torch.no_grad():
             self.target_features = [f.detach() for f in D(target)[1]]
 
+    def subset(self, index: int) -> Objective:
+        """The objective of image ``index`` of a batched target (features sliced, not recomputed)."""
+        part = Objective.__new__(Objective)
+        part.D = self.D
+        part._constant_weights = self._constant_weights
+        part.target = self.target[index:index + 1]
+        part.target_features = [f[index:index + 1] for f in self.target_features]
+        return part
+
     @property
     def num_features(self) -> int:
         return len(self.target_features)

@@ -7,7 +7,6 @@ The prior is never modified: each reconstruction tunes its own copy of the gener
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import functional_call, vmap
 
-from typing import TYPE_CHECKING
-if TYPE_CHECKING:
-    from dgp.degradations import Degradation
+from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
+from dgp.priors.layers import frozen_spectral_norm
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
 
@@ -140,13 +139,143 @@ def search_latent(prior: Prior, objective: Objective, degradation: Degradation, 
     return z_all[best:best + 1].to(device), int(y_all[best])
 
 
+class TunedGenerator:
+    """One tuned copy of the prior's generator for one image (the lean single-image path)."""
+
+    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
+        self.G = copy.deepcopy(G).eval()
+        self.G.reset_instance_norm()
+        self.class_ids = class_ids
+        groups = self.G.param_groups(with_embedding=update_embed)
+        self.groups = groups if tune_output_layer else groups[:-1]
+
+    def __call__(self, z: Tensor, use_in: bool) -> Tensor:
+        return self.G(z, self.G.shared(self.class_ids), use_in=use_in)
+
+    def embeddings(self) -> Tensor:
+        return self.G.shared(self.class_ids)
+
+    def states(self) -> list[dict[str, Tensor]]:
+        return [{k: v.detach().cpu().clone() for k, v in self.G.state_dict().items()}]
+
+
+class StackedGenerators:
+    """B independent tuned copies of the generator, run as one batch through ``torch.func.vmap``.
+
+    Every parameter and buffer is stacked along a new first dimension; image ``i`` uses slice ``i`` only, so
+    its gradients, Adam updates and instance-norm statistics are its own, as in the single-image path.
+    Convolutions with per-image weights become grouped convolutions under ``vmap``.
+    """
+
+    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
+        self.G = copy.deepcopy(G).eval()
+        self.G.reset_instance_norm()
+        self.class_ids = class_ids
+        b = len(class_ids)
+        names = {id(p): n for n, p in self.G.named_parameters()}
+        groups = [[names[id(p)] for p in g] for g in self.G.param_groups(with_embedding=update_embed)]
+        groups = groups if tune_output_layer else groups[:-1]
+        tuned = {n for g in groups for n in g}
+
+        def stack(t: Tensor, grad: bool) -> Tensor:
+            return t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())).clone().requires_grad_(grad)
+
+        self.params = {n: stack(p, n in tuned) for n, p in self.G.named_parameters()}
+        self.buffers = {n: stack(t, False) for n, t in self.G.named_buffers()}
+        self.groups = [[self.params[n] for n in g] for g in groups]
+
+    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], z: Tensor, class_id: Tensor,
+             use_in: bool) -> Tensor:
+        embedding = torch.index_select(params["shared.weight"], 0, class_id.reshape(1))
+        return functional_call(self.G, {**params, **buffers}, (z.unsqueeze(0), embedding), {"use_in": use_in})[0]
+
+    def __call__(self, z: Tensor, use_in: bool) -> Tensor:
+        return vmap(self._one, in_dims=(0, 0, 0, 0, None))(self.params, self.buffers, z, self.class_ids, use_in)
+
+    def embeddings(self) -> Tensor:
+        w = self.params["shared.weight"]
+        return w[torch.arange(len(self.class_ids), device=w.device), self.class_ids]
+
+    def states(self) -> list[dict[str, Tensor]]:
+        merged = {**self.params, **self.buffers}
+        order = list(self.G.state_dict().keys())
+        return [{k: merged[k][i].detach().cpu().clone() for k in order} for i in range(len(self.class_ids))]
+
+
+def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: Objective,
+               degrade: Callable[[Tensor], Tensor], schedule: Schedule,
+               emit: Callable[[StepEvent], None] | None) -> tuple[list[list[dict[str, float]]], dict[str, float]]:
+    """Optimise ``z`` ``(B, dim_z)`` (a leaf) and the tuned generators through the schedule's stages.
+
+    ``degrade`` maps generator output ``(B, 3, R, R)`` to the degraded space at full size. Loss values are
+    read back once per stage (one host round trip), or every step when ``emit`` is given.
+
+    Returns per-image loss histories and per-stage wall times.
+    """
+    opt_G = torch.optim.Adam([{"params": g} for g in tuned.groups], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
+    opt_z = torch.optim.Adam([z], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
+    batch = z.shape[0]
+    histories: list[list[dict[str, float]]] = [[] for _ in range(batch)]
+    timings: dict[str, float] = {}
+    step, total = 0, schedule.total_iterations
+    for index, stage in enumerate(schedule.stages):
+        t_stage = time.perf_counter()
+        for group, lr in zip(opt_G.param_groups, stage.group_lrs(len(tuned.groups))):
+            group["lr"] = lr
+        opt_z.param_groups[0]["lr"] = stage.lr_z
+        count = stage.feature_count(objective.num_features)
+        records: list[Tensor] = []
+        for _ in range(stage.iterations):
+            opt_G.zero_grad(set_to_none=True)
+            opt_z.zero_grad(set_to_none=True)
+            x = tuned(z, stage.use_in)
+            terms = objective(degrade(x), z, count, stage.w_D, stage.w_mse, schedule.w_nll)
+            terms.total.sum().backward()
+            opt_z.step()
+            opt_G.step()
+            step += 1
+            records.append(torch.stack([terms.total, terms.features, terms.mse / 4.0, terms.nll], 1).detach())
+            if emit is not None:
+                emit(StepEvent(index, len(schedule.stages), step, total, terms.as_floats(), x[:1].detach()))
+        if records:
+            values = torch.stack(records).cpu()  # (iterations, B, 4)
+            bad = (~torch.isfinite(values[..., 0])).nonzero()
+            if len(bad):
+                at = step - stage.iterations + int(bad[0, 0]) + 1
+                raise ReconstructionError(f"the loss became {float(values[bad[0, 0], bad[0, 1], 0])} at stage "
+                                          f"{index + 1}, step {at}; lower the learning rates or check the input")
+            for i in range(batch):
+                histories[i] += [dict(zip(LOSS_NAMES, row.tolist())) for row in values[:, i]]
+        timings[f"stage{index + 1}"] = time.perf_counter() - t_stage
+    return histories, timings
+
+
+LOSS_NAMES = ("loss", "features", "mse", "nll")
+
+
+def _check_observation(prior: Prior, observation: Tensor, degradation: Degradation, class_id: int | None) -> None:
+    size = (prior.resolution, prior.resolution)
+    if observation.dim() != 4 or observation.shape[:2] != (1, 3):
+        raise ValueError(f"observation must be (1, 3, h, w), got {tuple(observation.shape)}")
+    expected = tuple(degradation.observation_size(size))
+    if tuple(observation.shape[-2:]) != expected:
+        raise ValueError(f"observation is {tuple(observation.shape[-2:])} but {degradation.name} on a "
+                         f"{size} prior observes {expected}")
+    if class_id is not None and not 0 <= class_id < prior.n_classes:
+        raise ValueError(f"class id {class_id} out of range 0..{prior.n_classes - 1}")
+
+
 class DGPReconstructor:
-    """Restores an observation by progressive relaxed GAN inversion (DGP).
+    """Restores observations by progressive relaxed GAN inversion (DGP).
 
     Args:
         prior: the GAN prior (G and D); left unchanged.
         schedule: latent search and stages.
-        callbacks: called after every step with a :class:`StepEvent`.
+        callbacks: called after every step with a :class:`StepEvent` (of the first image in a batch).
+
+    ``__call__`` restores one image; :meth:`batch` restores several at once, each with its own latent, class
+    and tuned generator, giving (within float tolerance) the results of one-at-a-time calls with the same
+    generators.
     """
 
     def __init__(self, prior: Prior, schedule: Schedule, callbacks: Sequence[Callback] = ()) -> None:
@@ -169,81 +298,62 @@ class DGPReconstructor:
             class_id: the class, or ``None`` to let the latent search choose one.
             generator: CPU random generator for the latent search (default: seeded with 0).
         """
+        return self._run([observation], [degradation], [class_id], [generator], stacked=False)[0]
+
+    def batch(self, observations: Sequence[Tensor], degradations: Degradation | Sequence[Degradation],
+              class_ids: Sequence[int | None] | None = None,
+              generators: Sequence[torch.Generator | None] | None = None) -> list[Result]:
+        """Reconstruct several images at once (arguments as for ``__call__``, one per image)."""
+        n = len(observations)
+        degs = [degradations] * n if isinstance(degradations, torch.nn.Module) else list(degradations)
+        ids = list(class_ids) if class_ids is not None else [None] * n
+        gens = list(generators) if generators is not None else [None] * n
+        if not n or not len(degs) == len(ids) == len(gens) == n:
+            raise ValueError("batch needs at least one observation and one degradation, class and generator each")
+        return self._run(list(observations), degs, ids, gens, stacked=True)
+
+    def _run(self, observations: list[Tensor], degradations: list[Degradation], class_ids: list[int | None],
+             generators: list[torch.Generator | None], stacked: bool) -> list[Result]:
         prior, schedule = self.prior, self.schedule
-        if observation.dim() != 4 or observation.shape[:2] != (1, 3):
-            raise ValueError(f"observation must be (1, 3, h, w), got {tuple(observation.shape)}")
         size = (prior.resolution, prior.resolution)
-        expected = tuple(degradation.observation_size(size))
-        if tuple(observation.shape[-2:]) != expected:
-            raise ValueError(f"observation is {tuple(observation.shape[-2:])} but {degradation.name} on a "
-                             f"{size} prior observes {expected}")
-        if class_id is not None and not 0 <= class_id < prior.n_classes:
-            raise ValueError(f"class id {class_id} out of range 0..{prior.n_classes - 1}")
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         device = next(prior.G.parameters()).device
-        observation = observation.to(device)
-        degradation = degradation.to(device)
-        timings: dict[str, float] = {}
+        for obs, deg, c in zip(observations, degradations, class_ids):
+            _check_observation(prior, obs, deg, c)
+        observations = [o.to(device) for o in observations]
+        degradations = [d.to(device) for d in degradations]
+        emit = self._emit if self.callbacks else None
 
         t0 = time.perf_counter()
-        target = degradation.lift(observation, size)
-        objective = Objective(prior.D, target)
-        z0, class_id = search_latent(prior, objective, degradation, schedule, class_id, generator,
-                                     callback=self._emit if self.callbacks else None)
-        timings["search"] = time.perf_counter() - t0
+        targets = torch.cat([d.lift(o, size) for o, d in zip(observations, degradations)])
+        with frozen_spectral_norm(prior.D):
+            objective = Objective(prior.D, targets)
+            starts = [search_latent(prior, objective.subset(i), d, schedule, c,
+                                    g if g is not None else torch.Generator().manual_seed(0), callback=emit)
+                      for i, (d, c, g) in enumerate(zip(degradations, class_ids, generators))]
+            search_time = time.perf_counter() - t0
+            z = torch.cat([s[0] for s in starts]).clone().requires_grad_(True)
+            ids = torch.tensor([s[1] for s in starts], device=device)
+            kind = StackedGenerators if stacked else TunedGenerator
+            tuned = kind(prior.G, ids, schedule.update_embed, schedule.tune_output_layer)
 
-        G = copy.deepcopy(prior.G).eval()
-        G.reset_instance_norm()
-        y = torch.tensor([class_id], device=device)
-        z = z0.clone().requires_grad_(True)
-        groups = G.param_groups(with_embedding=schedule.update_embed)
-        if not schedule.tune_output_layer:
-            groups = groups[:-1]
-        opt_G = torch.optim.Adam([{"params": g} for g in groups], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
-        opt_z = torch.optim.Adam([z], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
+            def degrade(x: Tensor) -> Tensor:
+                if len(degradations) == 1 or all(d is degradations[0] for d in degradations):
+                    return degradations[0].lift(degradations[0](x), size)
+                return torch.cat([d.lift(d(x[i:i + 1]), size) for i, d in enumerate(degradations)])
 
-        history: list[dict[str, float]] = []
-        step, total = 0, schedule.total_iterations
-        for index, stage in enumerate(schedule.stages):
-            t_stage = time.perf_counter()
-            for group, lr in zip(opt_G.param_groups, stage.group_lrs(len(groups))):
-                group["lr"] = lr
-            opt_z.param_groups[0]["lr"] = stage.lr_z
-            count = stage.feature_count(objective.num_features)
-            for _ in range(stage.iterations):
-                opt_G.zero_grad(set_to_none=True)
-                opt_z.zero_grad(set_to_none=True)
-                x = G(z, G.shared(y), use_in=stage.use_in)
-                degraded = degradation.lift(degradation(x), size)
-                terms = objective(degraded, z, count, stage.w_D, stage.w_mse, schedule.w_nll)
-                terms.total.sum().backward()
-                opt_z.step()
-                opt_G.step()
-                step += 1
-                losses = terms.as_floats()
-                if not math.isfinite(losses["loss"]):
-                    raise ReconstructionError(
-                        f"the loss became {losses['loss']} at stage {index + 1}, step {step}; "
-                        "lower the learning rates or check the input")
-                history.append(losses)
-                self._emit(StepEvent(index, len(schedule.stages), step, total, losses, x.detach()))
-            timings[f"stage{index + 1}"] = time.perf_counter() - t_stage
-
+            histories, timings = run_stages(tuned, z, objective, degrade, schedule, emit)
         last_in = schedule.stages[-1].use_in
         with torch.no_grad():
-            image = G(z, G.shared(y), use_in=last_in)
-        return Result(
-            image=image.detach().cpu(),
-            observation=observation.detach().cpu(),
-            target=target.detach().cpu(),
-            z=z.detach().cpu(),
-            class_id=class_id,
-            class_embedding=G.shared(y).detach().cpu(),
-            generator_state={k: v.detach().cpu().clone() for k, v in G.state_dict().items()},
-            use_in=last_in,
-            history=history,
-            timings=timings,
-        )
+            images = tuned(z, last_in).detach().cpu()
+            embeddings = tuned.embeddings().detach().cpu()
+        states = tuned.states()
+        return [
+            Result(image=images[i:i + 1], observation=observations[i].detach().cpu(),
+                   target=targets[i:i + 1].detach().cpu(), z=z[i:i + 1].detach().cpu(), class_id=int(ids[i]),
+                   class_embedding=embeddings[i:i + 1], generator_state=states[i], use_in=last_in,
+                   history=histories[i], timings={"search": search_time, **timings})
+            for i in range(len(observations))
+        ]
 
 
 def result_summary(result: Result) -> dict[str, Any]:

@@ -7,6 +7,9 @@ released checkpoints load unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,6 +45,7 @@ class SpectralNorm:
     weight: Tensor
     training: bool
     sn_eps: float
+    frozen_weight: Tensor | None = None  # set by :func:`frozen_spectral_norm` while weights cannot change
 
     def _init_sn(self, num_outputs: int, eps: float) -> None:
         self.sn_eps = eps
@@ -49,12 +53,33 @@ class SpectralNorm:
         self.register_buffer("sv0", torch.ones(1))  # type: ignore[attr-defined]
 
     def normalized_weight(self) -> Tensor:
+        if self.frozen_weight is not None and not self.training:
+            return self.frozen_weight
         sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
         if self.training:
             with torch.no_grad():
                 self.u0.copy_(u_new)  # type: ignore[attr-defined]
                 self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
         return self.weight / sigma
+
+
+@contextmanager
+def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
+    """Within the block, every spectral-norm layer of ``module`` (in eval mode) reuses its normalised weight.
+
+    For a network whose weights do not change meanwhile (the discriminator during a reconstruction): the
+    weight is computed once instead of at every forward pass. Eval-mode outputs are bit-identical.
+    """
+    layers = [m for m in module.modules() if isinstance(m, SpectralNorm)]
+    with torch.no_grad():
+        for m in layers:
+            m.frozen_weight = None
+            m.frozen_weight = m.normalized_weight().detach()
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.frozen_weight = None
 
 
 class SNConv2d(nn.Conv2d, SpectralNorm):
