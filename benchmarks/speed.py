@@ -1,0 +1,253 @@
+"""Speed of the reconstruction engine: lean, batched and naive reference paths, against the conv peak.
+
+Usage::
+
+    .venv/bin/python benchmarks/speed.py [--prior cifar10] [--threads N] [--quick] [-o docs/performance.md]
+
+Prints, for the shipped prior and for the 128-pixel ImageNet BigGAN architecture with random weights:
+ms per iteration (single image, lean and reference loops), images per second for batch sizes 1, 4, 16, 64,
+latent-search time for 500 candidates, peak resident memory, FLOPs per iteration (counted by
+``torch.utils.flop_counter``), the achieved GFLOP/s and its fraction of this machine's convolution peak
+(measured in the same run). Writes a Markdown report and, when matplotlib is installed, a throughput plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dgp.degradations import parse_degradation
+from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
+from dgp.priors.registry import Prior, load_prior
+from dgp.reconstruct import DGPReconstructor
+from dgp.reference import reference_reconstruct
+from dgp.schedule import PRESETS, Schedule, Stage
+
+
+def conv_peak_gflops(seconds: float = 3.0) -> float:
+    """Sustained GFLOP/s of a large 3x3 convolution (forward), this machine's practical peak."""
+    x = torch.randn(16, 128, 32, 32)
+    w = torch.randn(128, 128, 3, 3)
+    flops = 2 * 16 * 128 * 128 * 9 * 32 * 32
+    torch.nn.functional.conv2d(x, w, padding=1)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.nn.functional.conv2d(x, w, padding=1)
+        n += 1
+    return flops * n / (time.perf_counter() - start) / 1e9
+
+
+def one_stage(iterations: int) -> Schedule:
+    """A single fully-open stage with the colorization loss (D features, no MSE), no latent search."""
+    return Schedule("bench", (Stage(iterations, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+
+
+class _NoModules:
+    """Stands in for FlopCounterMode's module tracker (its backward hooks break on frozen sub-modules)."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def flops_per_iteration(prior: Prior) -> float:
+    """FLOPs of one optimisation step (G forward, degradation, D forward, backward), counted by PyTorch as the
+    difference between runs of 2 and 1 steps (so set-up work such as the target's features cancels out)."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    totals = []
+    for steps in (1, 2):
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _NoModules()
+        with counter:
+            DGPReconstructor(prior, one_stage(steps))(obs, deg, 0)
+        totals.append(float(counter.get_total_flops()))
+    return totals[1] - totals[0]
+
+
+def time_single(prior: Prior, iterations: int) -> float:
+    """Seconds per iteration of the lean single-image path (after a warm-up)."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    rec = DGPReconstructor(prior, one_stage(iterations))
+    DGPReconstructor(prior, one_stage(2))(obs, deg, 0)
+    start = time.perf_counter()
+    rec(obs, deg, 0)
+    return (time.perf_counter() - start) / iterations
+
+
+def time_reference(prior: Prior, iterations: int) -> float:
+    """Seconds per iteration of the naive reference loop (metrics and target features every step)."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    clean = torch.zeros(1, 3, prior.resolution, prior.resolution)
+    obs = deg.observe(clean)
+    start = time.perf_counter()
+    reference_reconstruct(prior, one_stage(iterations), obs, deg, 0, torch.Generator().manual_seed(0),
+                          reference=clean)
+    return (time.perf_counter() - start) / iterations
+
+
+def images_per_second(prior: Prior, batch: int, iterations: int) -> float:
+    """Throughput of the batched path, counting ``iterations`` steps as one image's work."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    rec = DGPReconstructor(prior, one_stage(iterations))
+    DGPReconstructor(prior, one_stage(1)).batch([obs] * batch, deg, [0] * batch)
+    start = time.perf_counter()
+    if batch == 1:
+        rec(obs, deg, 0)
+    else:
+        rec.batch([obs] * batch, deg, [0] * batch)
+    return batch / (time.perf_counter() - start)
+
+
+def search_seconds(prior: Prior, candidates: int, reference: bool = False) -> float:
+    """Seconds of the latent search over ``candidates`` (batched, or one at a time as the original)."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    schedule = dataclasses.replace(one_stage(1), n_candidates=candidates)
+    start = time.perf_counter()
+    if reference:
+        reference_reconstruct(prior, schedule, obs, deg, None, torch.Generator().manual_seed(0))
+    else:
+        DGPReconstructor(prior, schedule)(obs, deg, None)
+    return time.perf_counter() - start
+
+
+def full_preset_seconds(prior: Prior, preset: str) -> float:
+    """Wall time of a whole task preset (search + all stages) as the CLI runs it for this prior."""
+    from dgp.pipeline import default_schedule
+
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    obs = deg.observe(torch.rand(1, 3, prior.resolution, prior.resolution) * 2 - 1)
+    start = time.perf_counter()
+    DGPReconstructor(prior, default_schedule(prior, preset))(obs, deg, None)
+    return time.perf_counter() - start
+
+
+def random_imagenet_128() -> Prior:
+    config = BigGANConfig(resolution=128, G_ch=96, D_ch=96, dim_z=120, shared_dim=128, n_classes=1000)
+    torch.manual_seed(0)
+    return Prior("biggan-imagenet-128 (random weights)", Generator(config).eval(), Discriminator(config).eval(),
+                 [str(i) for i in range(1000)])
+
+
+def measure(prior: Prior, peak: float, batches: list[int], iterations: int, candidates: int,
+            reference_iterations: int, full_preset: bool) -> dict:
+    row: dict = {"prior": prior.name, "resolution": prior.resolution}
+    single = time_single(prior, iterations)
+    ref = time_reference(prior, reference_iterations)
+    flops = flops_per_iteration(prior)
+    row.update(ms_per_iteration=1e3 * single, reference_ms_per_iteration=1e3 * ref, speedup=ref / single,
+               gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9)
+    row["fraction_of_peak"] = row["achieved_gflops"] / peak
+    row["images_per_second"] = {}
+    row["batched_gflops"] = {}
+    for b in batches:
+        ips = images_per_second(prior, b, iterations)
+        row["images_per_second"][b] = ips
+        row["batched_gflops"][b] = flops * iterations * ips / 1e9
+    row["search_seconds"] = search_seconds(prior, candidates)
+    row["reference_search_seconds"] = search_seconds(prior, candidates, reference=True)
+    if full_preset:
+        row["colorization_preset_seconds"] = full_preset_seconds(prior, "colorization")
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def report(rows: list[dict], peak: float, threads: int, quick: bool) -> str:
+    lines = ["# Performance", "",
+             f"Measured by `benchmarks/speed.py{' --quick' if quick else ''}` on {platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} torch threads (of {threads} requested), torch {torch.__version__}. "
+             f"Convolution peak measured in the same run: **{peak:.1f} GFLOP/s** (3x3 conv, 128 channels, 32x32, "
+             "batch 16). An iteration is one optimisation step: G forward, degradation, D forward, backward, "
+             "two Adam steps. Throughput counts one image as the given number of iterations.", ""]
+    for r in rows:
+        lines += [f"## {r['prior']} ({r['resolution']} px)", "", "| figure | value |", "| --- | --- |",
+                  f"| ms per iteration, lean single-image path | {r['ms_per_iteration']:.1f} |",
+                  f"| ms per iteration, naive reference loop | {r['reference_ms_per_iteration']:.1f} |",
+                  f"| speed-up of the lean path | {r['speedup']:.2f}x |",
+                  f"| GFLOP per iteration (counted) | {r['gflop_per_iteration']:.3f} |",
+                  f"| achieved GFLOP/s, single image | {r['achieved_gflops']:.2f} "
+                  f"({100 * r['fraction_of_peak']:.1f}% of peak) |",
+                  f"| latent search, {r.get('candidates', 500)} candidates, batched | {r['search_seconds']:.2f} s |",
+                  f"| latent search, one at a time (reference) | {r['reference_search_seconds']:.2f} s |"]
+        if "colorization_preset_seconds" in r:
+            lines.append(f"| full colorization preset (search + stages) | {r['colorization_preset_seconds']:.1f} s |")
+        lines.append(f"| peak resident memory of the process so far | {r['peak_rss_mb']:.0f} MB |")
+        lines += ["", "| batch size | images/s | speed-up vs B=1 | GFLOP/s | % of peak |", "| --- | --- | --- | --- | --- |"]
+        base = r["images_per_second"][min(r["images_per_second"])]
+        for b, ips in r["images_per_second"].items():
+            g = r["batched_gflops"][b]
+            lines.append(f"| {b} | {ips:.3f} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in rows:
+        bs = list(r["images_per_second"])
+        ax.plot(bs, [r["images_per_second"][b] / r["images_per_second"][bs[0]] for b in bs], marker="o",
+                label=r["prior"])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("throughput relative to B=1")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prior", default="cifar10", help="prior name or folder (default: the shipped one)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--quick", action="store_true", help="fewer iterations and batch sizes")
+    parser.add_argument("--skip-imagenet", action="store_true", help="only the shipped prior")
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/performance.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = conv_peak_gflops()
+    print(f"conv peak: {peak:.1f} GFLOP/s")
+    rows = []
+    small = load_prior(args.prior)
+    batches = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    rows.append(measure(small, peak, batches, iterations=10 if args.quick else 30, candidates=500,
+                        reference_iterations=5 if args.quick else 15, full_preset=True))
+    print(rows[-1])
+    if not args.skip_imagenet:
+        big = random_imagenet_128()
+        rows.append(measure(big, peak, [1, 4] if args.quick else [1, 4, 16], iterations=2, candidates=50 if args.quick else 500,
+                            reference_iterations=2, full_preset=False))
+        rows[-1]["candidates"] = 50 if args.quick else 500
+        print(rows[-1])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    text = report(rows, peak, args.threads, args.quick)
+    if plot(rows, args.output.with_name("performance_throughput.png")):
+        text += "\n![throughput against batch size](performance_throughput.png)\n"
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
