@@ -102,7 +102,7 @@ def draw_candidates(n: int, dim_z: int, std: float, n_classes: int, class_id: in
 
 @torch.no_grad()
 def search_latent(prior: Prior, objective: Objective, degradation: Degradation, schedule: Schedule,
-                  class_id: int | None, generator: torch.Generator, batch_size: int = 50,
+                  class_id: int | None, generator: torch.Generator, batch_size: int | None = None,
                   callback: Callback | None = None) -> tuple[Tensor, int]:
     """Pick the starting latent (and class when unknown) by discriminator-feature distance.
 
@@ -114,6 +114,8 @@ def search_latent(prior: Prior, objective: Objective, degradation: Degradation, 
     device = next(G.parameters()).device
     size = (prior.resolution, prior.resolution)
     count = min(schedule.search_features, objective.num_features)
+    if batch_size is None:  # about 2^18 output pixels per batch: 256 candidates at 32 px, 16 at 128 px
+        batch_size = max(1, 2**18 // (prior.resolution**2))
 
     def score(z: Tensor, y: Tensor) -> Tensor:
         x = degradation.lift(degradation(G(z.to(device), G.shared(y.to(device)))), size)
