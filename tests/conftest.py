@@ -35,21 +35,42 @@ def shared_dir() -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_config() -> BigGANConfig:
+TINY_CLASSES = ["red", "green", "blue"]
+
+
+def make_tiny_config() -> BigGANConfig:
     """A 32x32, 3-class BigGAN small enough to run in milliseconds."""
     return BigGANConfig(resolution=32, G_ch=4, D_ch=4, dim_z=32, shared_dim=16, n_classes=3,
                         G_attn="16", D_attn="16")
 
 
+def make_tiny_prior(config: BigGANConfig | None = None) -> Prior:
+    """A :class:`Prior` with random weights (seed 0), classes red/green/blue, eval mode, CPU."""
+    config = config or make_tiny_config()
+    torch.manual_seed(0)
+    G = Generator(config).eval()
+    D = Discriminator(config).eval()
+    return Prior(name="tiny", G=G, D=D, class_names=list(TINY_CLASSES),
+                 card={"architecture": config.to_dict(), "class_names": list(TINY_CLASSES)})
+
+
+@pytest.fixture
+def tiny_config() -> BigGANConfig:
+    """A 32x32, 3-class BigGAN small enough to run in milliseconds."""
+    return make_tiny_config()
+
+
 @pytest.fixture
 def tiny_prior(tiny_config: BigGANConfig) -> Prior:
     """A fresh :class:`Prior` with random (seeded) weights, classes red/green/blue, eval mode, CPU."""
-    torch.manual_seed(0)
-    G = Generator(tiny_config).eval()
-    D = Discriminator(tiny_config).eval()
-    return Prior(name="tiny", G=G, D=D, class_names=["red", "green", "blue"],
-                 card={"architecture": tiny_config.to_dict(), "class_names": ["red", "green", "blue"]})
+    return make_tiny_prior(tiny_config)
+
+
+@pytest.fixture(scope="module")
+def module_prior() -> Prior:
+    """The same tiny prior as ``tiny_prior``, shared by a test module (for tests that only read it, e.g. to
+    reconstruct once and check several things on the result)."""
+    return make_tiny_prior()
 
 
 @pytest.fixture(scope="session")

@@ -300,9 +300,11 @@ def mask_from_image(
     black pixels are kept. Pass ``missing_is_white=False`` for masks where black marks the missing region.
     Color images are converted to gray; transparent pixels count as black.
 
-    The image is resized to ``size`` with bilinear filtering and thresholded at mid-gray, so it need not
-    have the image's size. It must be binary-ish: at most ``max_gray_fraction`` of its pixels may be
-    mid-tones (values in [32, 223]), which allows antialiased or JPEG-compressed edges.
+    The image is centre-cropped to the aspect ratio of ``size`` (as :func:`dgp.imageio.to_square` crops the
+    input image, so a mask drawn on a non-square photo stays aligned with it), resized to ``size`` with
+    bilinear filtering and thresholded at mid-gray, so it need not have the image's size. It must be
+    binary-ish: at most ``max_gray_fraction`` of its pixels may be mid-tones (values in [32, 223]), which
+    allows antialiased or JPEG-compressed edges.
 
     Args:
         source: path of the image file, or a PIL image.
@@ -326,6 +328,13 @@ def mask_from_image(
             f"mask image does not look binary: {mid:.0%} of its pixels are mid-gray "
             f"(expected at most {max_gray_fraction:.0%}); use white for missing pixels and black for kept ones"
         )
+    gw, gh = gray.size
+    if gw * h > gh * w:  # wider than the target: crop the width, centred
+        cw = max(1, round(gh * w / h))
+        gray = gray.crop(((gw - cw) // 2, 0, (gw - cw) // 2 + cw, gh))
+    elif gw * h < gh * w:  # taller: crop the height, centred
+        ch = max(1, round(gw * h / w))
+        gray = gray.crop((0, (gh - ch) // 2, gw, (gh - ch) // 2 + ch))
     if gray.size != (w, h):
         gray = gray.resize((w, h), Image.Resampling.BILINEAR)
     missing = torch.from_numpy(np.asarray(gray, dtype=np.float32) >= 128.0)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dgp.colorspace import merge_luminance
 from dgp.degradations import Chain, Degradation, Downsample, GaussianNoise, Grayscale, Identity, Mask
-from dgp.imageio import load_image
+from dgp.imageio import load_image, load_rgb
 from dgp.metrics import psnr, ssim
 from dgp.priors.registry import Prior
 from dgp.reconstruct import Callback, DGPReconstructor, Result
@@ -164,6 +164,20 @@ def load_inputs(prior: Prior, degradation: Degradation, image: str | Path, *, de
     if h != w:
         raise ValueError(f"observation size {h}x{w} is not square")
     return observation_from_input(load_image(image, h), degradation), ref
+
+
+def check_mask_fits(mask: str | Path, image: str | Path, tolerance: float = 0.02) -> None:
+    """Refuse a user mask whose aspect ratio differs from the input image's.
+
+    The mask is centre-cropped and resized exactly as the image is (see :func:`dgp.degradations.mask_from_image`),
+    which keeps them aligned only when both have the same shape; any size with the image's aspect ratio (within
+    ``tolerance``, relative, for rounding) is accepted. Raises ``ValueError`` naming both sizes.
+    """
+    mw, mh = load_rgb(mask).size
+    iw, ih = load_rgb(image).size
+    if abs(mw * ih - mh * iw) > tolerance * mh * iw:
+        raise ValueError(f"mask {mask} is {mw}x{mh} pixels but image {image} is {iw}x{ih}: the mask must have the "
+                         "image's size (or at least its aspect ratio)")
 
 
 def run_record(restoration: Restoration, **config: Any) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from dgp.cli import app
 from dgp.degradations import parse_degradation
 from dgp.imageio import load_image, save_grid, save_image
 from dgp.manipulate import JITTER_SIGMAS, jitter, morph, save_gif, transfer
-from dgp.pipeline import Restoration, default_schedule, load_inputs, preset_for, restore, run_record
+from dgp.pipeline import (Restoration, check_mask_fits, default_schedule, load_inputs, operators, preset_for,
+                          restore, run_record)
 from dgp.priors.registry import DEFAULT_PRIOR, Prior, load_prior
 from dgp.reconstruct import DGPReconstructor, Result, StepEvent
 from dgp.schedule import Schedule
@@ -133,6 +134,11 @@ def _restore_command(task: str, image: Path, output: Path | None, degradation_te
     size = (prior.resolution, prior.resolution)
     degradation = parse_degradation(degradation_text, size=size, generator=torch.Generator().manual_seed(seed),
                                     mask_path=mask)
+    if mask is not None:
+        if not any(op.name == "mask" for op in operators(degradation)):
+            raise ValueError(f"--mask is given but the degradation {degradation.name!r} has no 'mask' token "
+                             f"(e.g. -d {degradation.name}+mask)")
+        check_mask_fits(mask, image)
     preset = preset or preset_for(degradation)
     schedule = default_schedule(prior, preset, iterations_scale, candidates)
     class_id = prior.class_id(class_spec) if class_spec is not None else None
