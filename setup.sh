@@ -38,4 +38,14 @@ else
 fi
 
 "${pip[@]}" install --quiet -e ".[dev]"
+
+# The web UI's browser test drives Debian's chromium with Playwright (never a browser that Playwright
+# downloads): install the Debian package where it is missing, when we are root and apt-get is there.
+# Otherwise nothing happens here, and the browser test skips, saying why.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium (for the web UI's browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+        echo "setup: warning: could not install chromium; the browser test will skip" >&2
+    fi
+fi
 echo "setup: done; torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'), run the tests with: .venv/bin/python -m pytest"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
+import tarfile
 import sys
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-from dgp.classifier import Classifier, ClassifierConfig, ClassifierError, load_classifier
+from dgp.classifier import CIFAR10_CLASSES, Classifier, ClassifierConfig, ClassifierError, accuracy_by_class, \
+    load_classifier, predict_logits, resolve_classifier
 from dgp.cli import app
 from dgp.cli import commands  # noqa: F401  (registers the commands)
 from dgp.priors.checkpoint import load_prior_folder
@@ -23,6 +27,7 @@ from dgp.training.classifier import ClassifierTrainConfig, augment, train_classi
 CLASSES = ["blue", "green", "red"]  # sorted: the label order of the folder
 TINY_PRIOR = ["--batch-size", "4", "--g-ch", "4", "--d-ch", "4"]
 TINY_CLASSIFIER = ["--batch-size", "8", "--widths", "4,8,8"]
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -65,28 +70,41 @@ def checkpoint_step(run: Path) -> int:
 
 def test_train_prior_export_and_resume(image_folder: Path, tmp_path: Path) -> None:
     run = tmp_path / "prior-run"
-    first = dgp("train", "prior", image_folder, "-o", run, "--steps", "2", *TINY_PRIOR, "--seed", "1")
+    first = dgp("train", "prior", image_folder, "-o", run, "--steps", "2", *TINY_PRIOR, "--seed", "1",
+                "--no-recalibrate")
     assert first.returncode == 0, first.stderr
     assert f"prior written to {run / 'prior'}" in first.stdout
     assert checkpoint_step(run) == 2
     G, D, card = load_prior_folder(run / "prior")
     assert card["class_names"] == CLASSES and card["training"]["steps_done"] == 2
+    assert card["training"]["batch_norm_recalibrated"] is False
     z = torch.randn(2, G.dim_z, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = G(z, G.shared(torch.tensor([0, 2])))
         logits, _ = D(x, torch.tensor([0, 2]))
     assert x.shape == (2, 3, 32, 32) and x.abs().max() <= 1.0 and logits.shape[0] == 2
+    # the trained prior restores an image through the engine
+    from dgp.degradations import parse_degradation
+    from dgp.priors.registry import load_prior
+    from dgp.reconstruct import DGPReconstructor
+    from dgp.schedule import get_preset
 
-    again = dgp("train", "prior", image_folder, "-o", run, "--steps", "3")
-    assert_one_line_error(again, 1)
-    assert "--resume" in again.stderr
+    prior = load_prior(str(run / "prior"))
+    gray = parse_degradation("gray", size=(32, 32))
+    result = DGPReconstructor(prior, get_preset("colorization").scaled(0.01, 0.01))(gray.observe(x[:1]), gray)
+    assert result.image.shape == (1, 3, 32, 32) and torch.isfinite(result.image).all()
+    assert len(result.history) == get_preset("colorization").scaled(0.01, 0.01).total_iterations
+
+    again = runner.invoke(app, ["train", "prior", str(image_folder), "-o", str(run), "--steps", "3"])
+    assert "--resume" in assert_one_line_error(again, 1)
 
     resumed = dgp("train", "prior", image_folder, "-o", run, "--steps", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint_step(run) == 3
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # continued, not restarted
-    assert load_prior_folder(run / "prior")[2]["training"]["steps_done"] == 3
+    training = load_prior_folder(run / "prior")[2]["training"]
+    assert training["steps_done"] == 3 and training["batch_norm_recalibrated"] is True
 
 
 def test_train_classifier_export_and_resume(image_folder: Path, tmp_path: Path) -> None:
@@ -109,9 +127,6 @@ def test_train_classifier_export_and_resume(image_folder: Path, tmp_path: Path) 
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert load_classifier(run / "classifier")[1]["training"]["epochs_done"] == 2
-
-
-runner = CliRunner()
 
 
 @pytest.mark.parametrize("kind", ["prior", "classifier"])
@@ -179,3 +194,35 @@ def test_classifier_shapes_and_missing_folder(tmp_path: Path) -> None:
         model(torch.rand(3, 32, 32))
     with pytest.raises(ClassifierError, match="not found"):
         load_classifier(tmp_path / "nope")
+
+
+def test_shipped_classifier_loads_by_default() -> None:
+    model, card = load_classifier()
+    assert card["class_names"] == CIFAR10_CLASSES
+    assert card["accuracy"]["top1"] >= 0.85  # the acceptance target, measured on the shared test split
+    assert card["training"]["cpu_seconds"] <= 3600
+    assert (resolve_classifier() / "model.safetensors").stat().st_size < 8 * 2**20
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert model(x).shape == (2, 10) and model.features(x).shape == (2, model.feature_dim)
+
+
+def test_shipped_classifier_accuracy_on_shared_subset(shared_dir: Path) -> None:
+    """The first 100 test images of each class, read straight from the shared archive (a few seconds)."""
+    archive = shared_dir / "data" / "cifar10-jpg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not found")
+    pattern = re.compile(r"(?:^|/)test/([a-z]+)/(\d{4})\.jpg$")
+    images, labels = [], []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            match = pattern.search(member.name)
+            if match and int(match.group(2)) < 100:
+                with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+                labels.append(CIFAR10_CLASSES.index(match.group(1)))
+    assert len(images) == 1000
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    model, _ = load_classifier()
+    top1, per_class = accuracy_by_class(predict_logits(model, x, flip=False), torch.tensor(labels), 10)
+    assert top1 >= 0.85, per_class

@@ -276,8 +276,9 @@ class DGPReconstructor:
         callbacks: called after every step with a :class:`StepEvent` (of the first image in a batch).
 
     ``__call__`` restores one image; :meth:`batch` restores several at once, each with its own latent, class
-    and tuned generator, giving (within float tolerance) the results of one-at-a-time calls with the same
-    generators.
+    and tuned generator. Both run the same computation per image with the same random draws; the batched path
+    rounds differently (grouped convolutions), which is invisible after a few steps but can grow over a long
+    schedule, as any change of floating-point order does in this non-convex optimisation.
     """
 
     def __init__(self, prior: Prior, schedule: Schedule, callbacks: Sequence[Callback] = ()) -> None:

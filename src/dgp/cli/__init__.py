@@ -30,9 +30,10 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point: user errors end in one line on stderr and exit status 1.
+    """Console-script entry point: errors end in one line on stderr.
 
-    Set ``DGP_DEBUG=1`` to see the full traceback instead.
+    Exit status 2 for a malformed command line (unknown option, missing argument, bad value), 1 for input
+    that cannot be used, 130 when interrupted. Set ``DGP_DEBUG=1`` to see the full traceback instead.
     """
     import os
     import sys
@@ -40,8 +41,23 @@ def main() -> None:
     from dgp.cli import commands  # noqa: F401  (registers every command)
     from dgp.reconstruct import ReconstructionError
 
+    # typer vendors click in recent releases: find its UsageError through a public subclass
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:
-        app(prog_name="dgp", standalone_mode=True)
+        code = app(prog_name="dgp", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except usage_error as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            sys.exit(0)
+        command = ctx.command_path if ctx is not None else "dgp"
+        message = " ".join(exc.format_message().split())
+        print(f"error: {message} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

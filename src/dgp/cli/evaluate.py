@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 
@@ -45,8 +46,8 @@ def _markdown(name: str, data_dir: Path, figures: dict, classifier: str, seconds
 @priors_app.command("evaluate", epilog="Example: dgp priors evaluate cifar10 --data cifar10/test -o docs/prior-cifar10")
 def evaluate_command(
     prior: str = typer.Argument(DEFAULT_PRIOR, help="Prior name or folder."),
-    data: Path = typer.Option(..., "--data", help="Labelled test folder (one sub-folder per class, in the "
-                              "prior's class order)."),
+    data: Path = typer.Option(..., "--data", help="Labelled test folder (one sub-folder per class, named as the "
+                              "prior's classes)."),
     output: Path = typer.Option(Path("docs/prior-evaluation"), "-o", "--output", help="Folder for the report."),
     classifier: str = typer.Option("cifar10", "--classifier", help="Classifier name or folder."),
     per_class: int = typer.Option(500, "--per-class", min=2, help="Samples per class."),
@@ -60,9 +61,12 @@ def evaluate_command(
     p = load_prior(prior, device=device)
     model, card = load_classifier(classifier, device=device)
     folder = ImageFolder.scan(data)
-    if folder.class_names != p.class_names:
-        raise ValueError(f"{data} has classes {folder.class_names}, the prior has {p.class_names}")
+    unknown = [n for n in folder.class_names if n not in p.class_names]
+    if unknown:
+        raise ValueError(f"{data} has classes the prior does not know: {', '.join(unknown)} "
+                         f"(the prior's classes: {', '.join(p.class_names)})")
     images, labels = folder.load(p.resolution)
+    labels = torch.tensor([p.class_names.index(folder.class_names[int(i)]) for i in labels])
     result = evaluate_prior(p, model, images, labels, per_class=per_class, seed=seed)
     figures = result.as_dict()
     seconds = time.perf_counter() - start

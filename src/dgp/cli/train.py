@@ -125,6 +125,8 @@ def prior_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT_DIR."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop (resumably) after this long."),
+    recalibrate: bool = typer.Option(True, "--recalibrate/--no-recalibrate", help="Re-estimate the exported "
+                                     "generator's batch-norm statistics from its own samples."),
 ) -> None:
     """Train a class-conditional BigGAN prior (hinge loss, EMA generator), then export it to OUT_DIR/prior."""
     from dgp.training.prior import PriorTrainConfig, TrainEvent, export_prior, train_prior
@@ -150,7 +152,8 @@ def prior_command(
 
         run = _run_guarded(lambda: train_prior(data_dir, out_dir, config, resume=resume, device=dev,
                                                callback=callback, max_seconds=seconds))
-    folder = _run_guarded(lambda: export_prior(run, out_dir / "prior", data=str(data_dir)))
+    folder = _run_guarded(lambda: export_prior(run, out_dir / "prior", data=str(data_dir),
+                                                 recalibrate=recalibrate))
     done = run.step >= run.config.steps
     state = "finished" if done else f"stopped at step {run.step} of {run.config.steps} (continue with --resume)"
     console.print(f"training {state}; {run.elapsed / 60:.1f} min in all", highlight=False)

@@ -123,7 +123,7 @@ class PriorTraining:
         run.G_ema.load_state_dict(state["G_ema"])
         run.opt_G.load_state_dict(state["opt_G"])
         run.opt_D.load_state_dict(state["opt_D"])
-        run.rng.set_state(state["rng"])
+        run.rng.set_state(state["rng"].cpu())
         run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
         return run
 
