@@ -149,6 +149,7 @@ class ConditionalBatchNorm(nn.Module):
     def __init__(self, channels: int, cond_dim: int, eps: float = 1e-5, sn_eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps
+        self.momentum = 0.1  # running-statistics update in training mode
         self.gain = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
         self.bias = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
         self.register_buffer("stored_mean", torch.zeros(channels))
@@ -158,7 +159,8 @@ class ConditionalBatchNorm(nn.Module):
         """``x``: ``(B, C, H, W)``, ``y``: ``(B, cond_dim)``."""
         gain = (1 + self.gain(y)).unsqueeze(-1).unsqueeze(-1)
         bias = self.bias(y).unsqueeze(-1).unsqueeze(-1)
-        out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None, self.training, 0.1, self.eps)
+        out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None, self.training, self.momentum,
+                           self.eps)
         return out * gain + bias
 
 
@@ -168,14 +170,15 @@ class BatchNorm(nn.Module):
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
+        self.momentum = 0.1  # running-statistics update in training mode
         self.gain = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("stored_mean", torch.zeros(channels))
         self.register_buffer("stored_var", torch.ones(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias, self.training, 0.1,
-                            self.eps)
+        return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias, self.training,
+                            self.momentum, self.eps)
 
 
 class FrozenInstanceNorm(nn.Module):

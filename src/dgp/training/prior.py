@@ -239,8 +239,12 @@ def train_prior(
                 callback(TrainEvent(run.step, cfg.steps, losses, run.elapsed))
             if run.step % cfg.sample_every == 0 or run.step == cfg.steps:
                 log.flush()
+                # the EMA weights lag behind G, so G's running batch-norm statistics do not fit them:
+                # sample from a copy with its own statistics, as the exported prior will be
+                shown = copy.deepcopy(run.G_ema)
+                recalibrate_batch_norm(shown, n_classes, batches=4, batch_size=64, seed=cfg.seed)
                 with torch.no_grad():
-                    grid = run.G_ema(fixed_z, run.G_ema.shared(fixed_y))
+                    grid = shown(fixed_z, shown.shared(fixed_y))
                 save_grid(grid, out / "samples" / f"step_{run.step:07d}.png", nrow=per_class)
             out_of_time = max_seconds is not None and now - start >= max_seconds
             if now - last_save >= cfg.checkpoint_minutes * 60 or run.step == cfg.steps or out_of_time:
@@ -258,38 +262,33 @@ def train_prior(
 @torch.no_grad()
 def recalibrate_batch_norm(G: Generator, n_classes: int, batches: int = 40, batch_size: int = 100,
                            seed: int = 0) -> None:
-    """Re-estimate G's stored batch-norm statistics from its own samples ("standing statistics")."""
+    """Re-estimate G's stored batch-norm statistics from its own samples ("standing statistics").
+
+    Each batch's statistics are taken whole (momentum 1) and averaged over ``batches`` batches of random
+    latents and classes; G is left in eval mode.
+    """
     rng = torch.Generator().manual_seed(seed)
     device = next(G.parameters()).device
     norms = [m for m in G.modules() if hasattr(m, "stored_mean")]
     sums = [(torch.zeros_like(m.stored_mean), torch.zeros_like(m.stored_var)) for m in norms]
     for m in norms:
-        m.stored_mean.zero_()
-        m.stored_var.fill_(1.0)
+        m.momentum = 1.0
     G.train()
-    for _ in range(batches):
-        for m in norms:  # momentum 1: each pass stores exactly this batch's statistics
-            m.stored_mean.zero_()
-            m.stored_var.zero_()
-        z = torch.randn(batch_size, G.dim_z, generator=rng).to(device)
-        y = torch.randint(0, n_classes, (batch_size,), generator=rng).to(device)
-        _forward_with_momentum_one(G, z, y)
-        for (sm, sv), m in zip(sums, norms):
-            sm += m.stored_mean
-            sv += m.stored_var
+    try:
+        for _ in range(batches):
+            z = torch.randn(batch_size, G.dim_z, generator=rng).to(device)
+            y = torch.randint(0, n_classes, (batch_size,), generator=rng).to(device)
+            G(z, G.shared(y))
+            for (sm, sv), m in zip(sums, norms):
+                sm += m.stored_mean
+                sv += m.stored_var
+    finally:
+        for m in norms:
+            m.momentum = 0.1
+        G.eval()
     for (sm, sv), m in zip(sums, norms):
         m.stored_mean.copy_(sm / batches)
         m.stored_var.copy_(sv / batches)
-    G.eval()
-
-
-def _forward_with_momentum_one(G: Generator, z: Tensor, y: Tensor) -> None:
-    # With stats zeroed and momentum 0.1, stored = 0.1 * batch; rescale afterwards.
-    norms = [m for m in G.modules() if hasattr(m, "stored_mean")]
-    G(z, G.shared(y))
-    for m in norms:
-        m.stored_mean.mul_(10.0)
-        m.stored_var.mul_(10.0)
 
 
 def default_presets(resolution: int) -> dict[str, Any]:
