@@ -148,7 +148,7 @@ def test_colorize_writes_result_sheet_and_scores(work: Path, runs: dict[str, Run
     observation = pixels(out / "observation.png")
     assert (observation[..., 0] == observation[..., 1]).all() and (observation[..., 1] == observation[..., 2]).all()
     assert image_size(out / "result.png") == (32, 32)
-    assert image_size(out / "comparison.png") == (3 * 34 + 2, 36)  # observation, result, reference
+    assert image_size(out / "comparison.png") == (3 * 130 + 2, 132)  # observation, result, reference; 4x
     record = run_json(out)
     assert record["command"] == "colorize" and record["degradation"] == "gray" and record["degrade"] is True
     assert record["preset"] == "colorization" and record["seed"] == 0 and record["prior"] == "prior"

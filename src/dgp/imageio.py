@@ -127,8 +127,10 @@ def save_image(x: Tensor, path: str | Path, overwrite: bool = True) -> None:
 
 
 def save_grid(images: Tensor | Sequence[Tensor], path: str | Path, nrow: int | None = None,
-              overwrite: bool = True) -> None:
-    """Save a grid of ``(N, 3, H, W)`` images in [-1, 1]."""
+              overwrite: bool = True, scale: int = 1) -> None:
+    """Save a grid of ``(N, 3, H, W)`` images in [-1, 1], each pixel shown ``scale`` times larger."""
     if not isinstance(images, Tensor):
         images = torch.cat([im if im.dim() == 4 else im.unsqueeze(0) for im in images])
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     save_image(make_grid(images, nrow), path, overwrite=overwrite)

@@ -167,7 +167,8 @@ def _write_restoration(folder: Path, restoration: Restoration) -> None:
     if restoration.reference is not None:
         sheet.append(restoration.reference)
         save_image(restoration.reference, folder / "reference.png")
-    save_grid(torch.cat(sheet), folder / "comparison.png", nrow=len(sheet))
+    side = r.target.shape[-1]
+    save_grid(torch.cat(sheet), folder / "comparison.png", nrow=len(sheet), scale=max(1, 128 // side))
 
 
 def _report(out: Path, restoration: Restoration, prior: Prior) -> None:
