@@ -89,9 +89,10 @@ class PriorTraining:
 
     @classmethod
     def create(cls, config: PriorTrainConfig, class_names: list[str], device: torch.device) -> PriorTraining:
-        torch.manual_seed(config.seed)  # weight initialisation only; every later draw uses ``rng``
         arch = config.biggan(len(class_names))
-        G, D = Generator(arch).to(device), Discriminator(arch).to(device)
+        with torch.random.fork_rng(devices=[]):  # module initialisation draws from the global generator
+            torch.manual_seed(config.seed)
+            G, D = Generator(arch).to(device), Discriminator(arch).to(device)
         G_ema = copy.deepcopy(G).eval()
         for p in G_ema.parameters():
             p.requires_grad_(False)
