@@ -10,7 +10,6 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -357,10 +356,3 @@ class DGPReconstructor:
                    history=histories[i], timings={"search": search_time, **timings})
             for i in range(len(observations))
         ]
-
-
-def result_summary(result: Result) -> dict[str, Any]:
-    """JSON-friendly summary of a result (no tensors)."""
-    last = result.history[-1] if result.history else {}
-    return {"class_id": result.class_id, "final_losses": last, "timings": result.timings,
-            "metrics": result.metrics, "steps": len(result.history)}
