@@ -203,6 +203,12 @@ class StackedGenerators:
         return [{k: merged[k][i].detach().cpu().clone() for k in order} for i in range(len(self.class_ids))]
 
 
+def _adam(groups: list[dict]) -> torch.optim.Adam:
+    """Adam as DGP sets it (betas (0, 0.999), learning rates set per stage), with the fused kernel: one call
+    per step instead of a dozen small operators per tensor (about 10% of a 32-pixel step on a CPU)."""
+    return torch.optim.Adam(groups, lr=0.0, betas=(0.0, 0.999), eps=1e-8, fused=True)
+
+
 def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: Objective,
                degrade: Callable[[Tensor], Tensor], schedule: Schedule,
                emit: Callable[[StepEvent], None] | None) -> tuple[list[list[dict[str, float]]], dict[str, float]]:
@@ -213,8 +219,8 @@ def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: 
 
     Returns per-image loss histories and per-stage wall times.
     """
-    opt_G = torch.optim.Adam([{"params": g} for g in tuned.groups], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
-    opt_z = torch.optim.Adam([z], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
+    opt_G = _adam([{"params": g} for g in tuned.groups])
+    opt_z = _adam([{"params": [z]}])
     batch = z.shape[0]
     histories: list[list[dict[str, float]]] = [[] for _ in range(batch)]
     timings: dict[str, float] = {}

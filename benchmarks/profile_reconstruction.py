@@ -1,0 +1,195 @@
+"""Where the time of one reconstruction goes: the latent search and each stage, then an operator breakdown.
+
+Usage::
+
+    .venv/bin/python benchmarks/profile_reconstruction.py [--prior cifar10] [--preset colorization]
+        [--threads N] [--batch 16] [-o docs/profile.md]
+
+Part 1 runs the whole preset (as ``dgp colorize`` does) on one image and reports the search and every stage:
+iterations, seconds, ms per step and how many generator blocks are open. Part 2 profiles optimisation steps of
+the lean single-image path and of the batched path (``--batch`` images at once) with ``torch.profiler`` and
+sorts the operators' own CPU time into categories (convolution forward and backward, normalisation, Adam, ...).
+The gap between the wall time of the profiled steps and the operators' time is Python and dispatch overhead.
+Timings are for the given image content-independent: the observation is a random image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dgp.degradations import parse_degradation
+from dgp.pipeline import TASKS, default_schedule
+from dgp.priors.registry import Prior, load_prior
+from dgp.reconstruct import DGPReconstructor
+from dgp.schedule import Schedule, Stage
+
+# (category, substrings of aten operator names), first match wins; everything else is "other".
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution", "conv2d")),
+    ("matrix multiply (linear, SN, attention)", ("addmm", "::mm", "bmm", "matmul", "linear", "::mv", "::dot")),
+    ("normalisation (batch/instance norm)", ("batch_norm", "instance_norm", "var_mean", "::var", "::std",
+                                             "rsqrt")),
+    ("Adam update (fused or foreach kernels)", ("_foreach_", "_fused_adam")),
+    ("resampling / pooling", ("upsample", "pool", "interpolate")),
+    ("activations", ("relu", "threshold", "tanh")),
+    ("elementwise arithmetic", ("::add", "::mul", "::sub", "::div", "::abs", "::sum", "::mean", "::pow",
+                                "::sqrt", "::neg", "::sgn", "::sign", "::lerp", "::clamp", "::fill",
+                                "::copy_", "::zero_")),
+]
+
+
+def categorise(name: str) -> str:
+    for label, keys in CATEGORIES:
+        if any(k in name for k in keys):
+            return label
+    return "other (views, indexing, autograd bookkeeping)"
+
+
+def stage_table(prior: Prior, preset: str, seed: int) -> tuple[list[str], float]:
+    """Run the full preset once and describe where its wall time went."""
+    degradation_name, _ = next((d, p) for d, p in TASKS.values() if p == preset)
+    size = (prior.resolution, prior.resolution)
+    deg = parse_degradation(degradation_name, size=size)
+    rng = torch.Generator().manual_seed(seed)
+    obs = deg.observe(torch.rand(1, 3, *size, generator=rng) * 2 - 1)
+    schedule = default_schedule(prior, preset)
+    DGPReconstructor(prior, Schedule("warm-up", schedule.stages[:1], n_candidates=0)).__call__(obs, deg, 0)
+    start = time.perf_counter()
+    result = DGPReconstructor(prior, schedule)(obs, deg, None)
+    wall = time.perf_counter() - start
+    groups = len(prior.G.param_groups())
+    lines = [f"| phase | iterations | open blocks | seconds | ms per step | share |", "| --- | --- | --- | --- | --- | --- |",
+             f"| latent search | {schedule.n_candidates} candidates | - | {result.timings['search']:.2f} | "
+             f"{1e3 * result.timings['search'] / max(1, schedule.n_candidates):.1f} per candidate | "
+             f"{100 * result.timings['search'] / wall:.0f}% |"]
+    for i, stage in enumerate(schedule.stages):
+        t = result.timings[f"stage{i + 1}"]
+        open_groups = groups if stage.ft_num is None else min(stage.ft_num, groups)
+        lines.append(f"| stage {i + 1} | {stage.iterations} | {open_groups} of {groups} | {t:.2f} | "
+                     f"{1e3 * t / max(1, stage.iterations):.1f} | {100 * t / wall:.0f}% |")
+    rest = wall - sum(result.timings.values())
+    lines.append(f"| set-up and results (target features, copies) | - | - | {rest:.2f} | - | {100 * rest / wall:.0f}% |")
+    lines.append(f"| **total** | {schedule.total_iterations} | | **{wall:.2f}** | | |")
+    return lines, wall
+
+
+def operator_breakdown(prior: Prior, batch: int, steps: int) -> tuple[dict[str, float], float, float, float]:
+    """Profile ``steps`` fully-open optimisation steps on ``batch`` images.
+
+    Returns operator self time per category (seconds), their sum, the wall time of the same steps run
+    without the profiler, and the time inside the optimizers' ``step`` (all their operators).
+    """
+    size = (prior.resolution, prior.resolution)
+    deg = parse_degradation("gray", size=size)
+    obs = deg.observe(torch.zeros(1, 3, *size))
+    schedule = Schedule("profile", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+    rec = DGPReconstructor(prior, schedule)
+
+    def run() -> None:
+        if batch == 1:
+            rec(obs, deg, 0)
+        else:
+            rec.batch([obs] * batch, deg, [0] * batch)
+
+    run()  # warm-up
+    start = time.perf_counter()
+    run()
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    totals: dict[str, float] = defaultdict(float)
+    optimizer = 0.0
+    for event in prof.key_averages():
+        if event.key.startswith("aten::") or event.key.startswith("mkldnn"):
+            totals[categorise(event.key)] += event.self_cpu_time_total / 1e6
+        elif event.key.startswith("Optimizer.step#"):
+            optimizer += event.cpu_time_total / 1e6
+    return dict(totals), sum(totals.values()), wall, optimizer
+
+
+def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optimizer: float, steps: int,
+                    batch: int) -> list[str]:
+    lines = ["| category | ms per step | share of operator time |", "| --- | --- | --- |"]
+    for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {label} | {1e3 * seconds / steps:.1f} | {100 * seconds / op_time:.0f}% |")
+    lines.append(f"| **operators in all (under the profiler)** | **{1e3 * op_time / steps:.1f}** | 100% |")
+    lines.append(f"| the two Adam steps, all their operators (spread over the categories above) | "
+                 f"{1e3 * optimizer / steps:.1f} | {100 * optimizer / op_time:.0f}% |")
+    lines.append(f"| wall time per step without the profiler ({batch} image{'s' if batch > 1 else ''}) | "
+                 f"{1e3 * wall / steps:.1f} | |")
+    return lines
+
+
+def reading(single: tuple, batched: tuple, batch: int) -> list[str]:
+    """Plain-language conclusions drawn from this run's figures."""
+    def parts(result: tuple) -> tuple[float, float, float]:
+        totals, op_time, wall, _ = result
+        conv = totals.get("convolution forward", 0.0) + totals.get("convolution backward", 0.0)
+        return conv / op_time, max(0.0, wall - op_time) / wall, wall
+    conv1, over1, wall1 = parts(single)
+    convb, overb, wallb = parts(batched)
+    return [
+        f"- One image: convolutions are {100 * conv1:.0f}% of the operator time; the rest is many small "
+        f"operators (element-wise arithmetic, views, the spectral-norm matrix products), and about "
+        f"{100 * over1:.0f}% of the wall time is outside operators (Python, autograd, dispatch). At 32 px the "
+        "layers are tiny (64 channels, 4x4 to 32x32), so per-operator overhead is a large part of a step.",
+        f"- {batch} images at once: convolutions grow to {100 * convb:.0f}% of the operator time and the "
+        f"overhead outside operators falls to {100 * overb:.0f}%; a step of the batch costs "
+        f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
+        "(grouped convolutions: every image has its own generator weights) is the largest single item.",
+        "- Every stage costs the same per step whatever the number of open blocks: as in the released code, "
+        "closed blocks keep learning rate 0 but still get gradients and Adam moment updates, so the state "
+        "they bring into later stages matches the original. Skipping them would be faster but would change "
+        "results.",
+        "- The latent search is a small share (scoring candidates in batches under no-grad); the set-up "
+        "(target features, copies of G) is negligible.",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prior", default="cifar10", help="prior name or folder (default: the shipped one)")
+    parser.add_argument("--preset", default="colorization", choices=sorted({p for _, p in TASKS.values()}))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=16, help="batch size of the batched profile")
+    parser.add_argument("--steps", type=int, default=20, help="steps per operator profile")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/profile.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    prior = load_prior(args.prior)
+
+    stages, wall = stage_table(prior, args.preset, args.seed)
+    print("\n".join(stages))
+    single = operator_breakdown(prior, 1, args.steps)
+    batched = operator_breakdown(prior, args.batch, args.steps)
+    text = ["# Profile of one reconstruction", "",
+            f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}, prior `{prior.name}` ({prior.resolution} px). The observation is a random "
+            "image: timings do not depend on its content.", "",
+            f"## The {args.preset} preset, phase by phase", "", *stages, "",
+            "## One optimisation step, by operator category", "",
+            f"All blocks open, D-feature loss, {args.steps} steps profiled with `torch.profiler` (operators' own "
+            "CPU time, summed over threads' wall clock as the profiler reports it). The difference between the "
+            "wall time and the operator time is Python, autograd and dispatch overhead.", "",
+            "### Single image (lean path)", "", *breakdown_table(*single, args.steps, 1), "",
+            f"### {args.batch} images at once (batched path, per step of the whole batch)", "",
+            *breakdown_table(*batched, args.steps, args.batch), ""]
+    text += ["## Reading", "", *reading(single, batched, args.batch), ""]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(text))
+    print("\n".join(text[-30:]))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
