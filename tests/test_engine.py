@@ -391,3 +391,16 @@ def test_default_schedule_reads_the_prior_card(tiny_prior: Prior) -> None:
     assert default_schedule(tiny_prior, "sr") == get_preset("sr")  # no presets in the card: the paper's
     with pytest.raises(ValueError, match="candidates must be >= 0"):
         default_schedule(prior, "sr", candidates=-1)
+
+
+def test_card_lr_scale_multiplies_only_generator_learning_rates(tiny_prior: Prior) -> None:
+    prior = dataclasses.replace(tiny_prior, card={"presets": {"lr_G_scale": 4.0}})
+    base, scaled = get_preset("sr"), default_schedule(prior, "sr")
+    assert [s.lr_G for s in scaled.stages] == pytest.approx([4.0 * s.lr_G for s in base.stages])
+    assert [s.lr_z for s in scaled.stages] == [s.lr_z for s in base.stages]
+    assert [s.iterations for s in scaled.stages] == [s.iterations for s in base.stages]
+    with pytest.raises(ValueError, match="scales must be positive"):
+        base.scaled(lr_G=0.0)
+    per_preset = dataclasses.replace(tiny_prior, card={"presets": {"lr_G_scale": {"sr": 16.0}}})
+    assert default_schedule(per_preset, "sr").stages[0].lr_G == pytest.approx(16.0 * base.stages[0].lr_G)
+    assert default_schedule(per_preset, "colorization") == get_preset("colorization")

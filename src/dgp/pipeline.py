@@ -63,10 +63,15 @@ def is_colorization(degradation: Degradation) -> bool:
 
 def default_schedule(prior: Prior, preset: str, iterations_scale: float | None = None,
                      candidates: int | None = None) -> Schedule:
-    """A preset scaled for ``prior``: its card's ``presets.iterations_scale`` unless one is given."""
+    """A preset scaled for ``prior``: its card's ``presets.iterations_scale`` unless one is given, and the
+    generator learning rates multiplied by the card's ``presets.lr_G_scale``: one number for every preset, or
+    a mapping from preset name to number (1 for presets it does not name, and when absent)."""
     defaults = prior.card.get("presets", {}) if isinstance(prior.card, dict) else {}
     scale = iterations_scale if iterations_scale is not None else float(defaults.get("iterations_scale", 1.0))
-    schedule = get_preset(preset).scaled(iterations=scale)
+    lr_scale = defaults.get("lr_G_scale", 1.0)
+    if isinstance(lr_scale, dict):
+        lr_scale = lr_scale.get(preset, 1.0)
+    schedule = get_preset(preset).scaled(iterations=scale, lr_G=float(lr_scale))
     n = candidates if candidates is not None else defaults.get("n_candidates")
     if n is not None:
         if int(n) < 0:

@@ -112,11 +112,14 @@ class Schedule:
     def total_iterations(self) -> int:
         return sum(s.iterations for s in self.stages)
 
-    def scaled(self, iterations: float = 1.0, candidates: float = 1.0) -> Schedule:
-        """A copy with every stage's iterations and the candidate count multiplied (at least 1 each)."""
-        if iterations <= 0 or candidates < 0:
-            raise ValueError(f"scales must be positive, got iterations={iterations}, candidates={candidates}")
-        stages = tuple(dataclasses.replace(s, iterations=max(1, math.ceil(s.iterations * iterations)))
+    def scaled(self, iterations: float = 1.0, candidates: float = 1.0, lr_G: float = 1.0) -> Schedule:
+        """A copy with every stage's iterations and the candidate count multiplied (at least 1 each), and every
+        stage's generator learning rate multiplied by ``lr_G``."""
+        if iterations <= 0 or candidates < 0 or lr_G <= 0:
+            raise ValueError(f"scales must be positive, got iterations={iterations}, candidates={candidates}, "
+                             f"lr_G={lr_G}")
+        stages = tuple(dataclasses.replace(s, iterations=max(1, math.ceil(s.iterations * iterations)),
+                                           lr_G=s.lr_G * lr_G)
                        for s in self.stages)
         n = self.n_candidates if self.n_candidates <= 1 else max(2, math.ceil(self.n_candidates * candidates))
         return dataclasses.replace(self, stages=stages, n_candidates=n)

@@ -300,7 +300,10 @@ def default_presets(resolution: int) -> dict[str, Any]:
     every block; a quarter of the iterations and 200 candidates keep a restoration interactive on a CPU.
     """
     if resolution <= 32:
-        return {"iterations_scale": 0.25, "n_candidates": 200}
+        # generator learning rates x16 for the restoration presets whose released rates are 5e-5 and below
+        # (chosen on CIFAR-10 training images with benchmarks/tune_lr.py; colorization and sr-mse did not gain)
+        return {"iterations_scale": 0.25, "n_candidates": 200,
+                "lr_G_scale": {"sr": 16.0, "inpainting": 16.0, "denoising": 16.0, "reconstruction": 16.0}}
     if resolution <= 64:
         return {"iterations_scale": 0.5, "n_candidates": 300}
     return {"iterations_scale": 1.0, "n_candidates": 500}
