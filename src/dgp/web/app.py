@@ -52,32 +52,28 @@ SCALE_RANGE = (0.01, 2.0)
 NOT_AN_IMAGE = f"The uploaded file is not an image that can be read (use {READABLE_FORMATS})."
 
 
-class CheckedImage(gr.Image):
-    """``gr.Image`` whose unreadable uploads end in a clear message in the page (no server path)."""
-
-    is_template = True  # rendered by the page as a plain Image
+class _ReadableUploads:
+    """Mixin for upload components: an unreadable upload ends in a clear message in the page (no server path)."""
 
     def preprocess(self, payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return super().preprocess(payload)  # type: ignore[misc]
         except gr.Error:
             raise
         except Exception:  # noqa: BLE001  (whatever PIL raises on a file that is not an image)
             raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
 
 
-class CheckedImageEditor(gr.ImageEditor):
-    """``gr.ImageEditor`` whose unreadable uploads end in a clear message in the page (no server path)."""
+class CheckedImage(_ReadableUploads, gr.Image):
+    """``gr.Image`` with the unreadable-upload message."""
+
+    is_template = True  # rendered by the page as a plain Image
+
+
+class CheckedImageEditor(_ReadableUploads, gr.ImageEditor):
+    """``gr.ImageEditor`` with the unreadable-upload message."""
 
     is_template = True  # rendered by the page as a plain ImageEditor
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception:  # noqa: BLE001
-            raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
 
 
 def page_errors(fn: F) -> F:
