@@ -150,3 +150,36 @@ def test_cifar10_split_unpacks_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DGP_CACHE", str(tmp_path / "cache2"))
     with pytest.raises(FileNotFoundError, match="DGP_SHARED"):
         cifar10_split("test")
+
+
+def test_bench_with_worker_processes_matches_one_process(bench_inputs: dict[str, Path], tiny_prior) -> None:
+    pytest.importorskip("cv2")
+    settings = BenchSettings(n=2, iterations_scale=1e-4, candidates=2, dip_iterations=1, examples=0)
+    data = ImageFolder.scan(bench_inputs["data"])
+
+    def run(out: Path, workers: int):
+        bench = QualityBench(tiny_prior, None, data, out, settings, tasks=["colorization", "sr4"],
+                             methods=["dgp", "input", "bicubic"])
+        return bench.run(workers=workers)
+
+    serial = run(bench_inputs["out"] / "serial", 1)
+    parallel = run(bench_inputs["out"] / "parallel", 2)
+    assert parallel.computed == serial.computed == 10 and parallel.cached == 0  # sr4: 3 methods, colorization: 2
+    for task, methods in serial.records.items():
+        for method, records in methods.items():
+            got = parallel.records[task][method]
+            assert [r["image"] for r in got] == [r["image"] for r in records]
+            assert [r["psnr"] for r in got] == pytest.approx([r["psnr"] for r in records], abs=1e-3)
+    readme = (bench_inputs["out"] / "parallel" / "README.md").read_text()
+    assert "shared by 2 worker processes" in readme
+    again = run(bench_inputs["out"] / "parallel", 2)  # everything cached: nothing recomputed
+    assert again.computed == 0 and again.cached == 10
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run(bench_inputs["out"] / "other", 0)
+
+
+def test_bench_workers_run_on_the_cpu_only(bench_inputs: dict[str, Path]) -> None:
+    result = run_cli(["--data", str(bench_inputs["data"]), "--workers", "2", "--device", "cuda",
+                      "-o", str(bench_inputs["out"])])
+    assert result.exit_code == 2 and "CPU only" in result.output
+    assert not bench_inputs["out"].exists()

@@ -23,11 +23,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import platform
 import shutil
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -392,6 +394,7 @@ class QualityBench:
         self.classifier_card = classifier_card or {}
         self.info = dict(info or {})
         self.overwrite = overwrite
+        self.data = data
         self.images = select_images(data, settings.n, settings.seed)
         self.keys = [image_key(self.images, i) for i in range(len(self.images.files))]
         self.prior_ids = self._class_map(list(prior.class_names))
@@ -450,11 +453,60 @@ class QualityBench:
                               if applicable(m, task, degradation, R)]
         return out
 
-    def run(self) -> BenchResult:
-        """Run every missing (task, method, image), then write the report; returns the records."""
+    def compute_missing(self, task_name: str, method: str) -> int:
+        """Compute and cache every image of ``method`` on ``task_name`` that the cache lacks (no report);
+        returns how many were computed. Used by the worker processes of :meth:`run`."""
+        R = self.prior.resolution
+        task = TASKS[task_name]
+        degradation = parse_degradation(task.degradation, size=(R, R))
+        cache = self.output / "cache"
+        missing = [i for i, key in enumerate(self.keys)
+                   if not self._entry(cache, task_name, method, key).with_suffix(".json").is_file()]
+        if not missing:
+            return 0
+        clean = torch.cat([load_image(f, R) for f in self.images.files])
+        observations = self._observations(task, degradation, clean)
+        random_prior = random_generator_prior(self.prior, self.settings.seed) if method == "random-g" else None
+        runner = build_method(method, task, self.prior, self.settings, random_prior, self.step_callbacks)
+        for i in missing:
+            key = self.keys[i]
+            self._run_one(runner, task, method, degradation, observations[i], clean[i:i + 1], i, key,
+                          self._entry(cache, task_name, method, key))
+        return len(missing)
+
+    def _compute_in_parallel(self, plan: dict[str, list[str]], workers: int) -> int:
+        """Fill the cache with ``workers`` processes, one (task, method) pair at a time each, the costliest
+        pairs first; torch's threads are shared out between them. Returns the number of restorations made."""
+        pairs = sorted(((t, m) for t, ms in plan.items() for m in ms), key=lambda p: -_method_cost(*p))
+        threads = max(1, torch.get_num_threads() // workers)
+        payload = {"prior": self.prior, "classifier": self.classifier, "data": self.data, "output": self.output,
+                   "settings": self.settings, "classifier_card": self.classifier_card}
+        total, done, computed = len(pairs) * len(self.keys), 0, 0
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_compute_pair, payload, t, m, threads) for t, m in pairs]
+            for future in as_completed(futures):
+                task_name, method, made = future.result()
+                computed += made
+                done += len(self.keys)
+                self._emit(BenchEvent(task_name, method, 0, len(self.keys), overall_done=done - len(self.keys),
+                                      overall_total=total))
+                self._emit(BenchEvent(task_name, method, len(self.keys), len(self.keys), made == 0,
+                                      overall_done=done, overall_total=total))
+        return computed
+
+    def run(self, workers: int = 1) -> BenchResult:
+        """Run every missing (task, method, image), then write the report; returns the records.
+
+        With ``workers > 1`` the missing results are first computed by that many processes (CPU), then the
+        report is written from the cache as usual.
+        """
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         start = time.perf_counter()
         cache = self._open_cache()
         self._write_image_list()
+        parallel = self._compute_in_parallel(self.plan(), workers) if workers > 1 else 0
         R = self.prior.resolution
         clean = torch.cat([load_image(f, R) for f in self.images.files])
         result = BenchResult()
@@ -492,7 +544,9 @@ class QualityBench:
                                           overall, overall_total))
                 result.records[task_name][method] = records
             result.summaries[task_name] = {m: summarize(r) for m, r in result.records[task_name].items()}
+        result.computed, result.cached = result.computed + parallel, result.cached - parallel
         self.info.setdefault("seconds", round(time.perf_counter() - start, 1))
+        self.info.setdefault("workers", workers)
         write_report(self, result)
         return result
 
@@ -563,6 +617,21 @@ class QualityBench:
         atomic_write(self.output / "images.txt", lambda tmp: Path(tmp).write_text(text))
 
 
+def _method_cost(task: str, method: str) -> int:
+    """Rough relative cost of a (task, method) pair, to start the longest first."""
+    family = METHODS[method].family
+    return {"dgp": 3, "ablation": 3, "baseline": 2 if method != "dip" else 1}.get(family, 0) + (task == "colorization")
+
+
+def _compute_pair(payload: dict[str, Any], task: str, method: str, threads: int) -> tuple[str, str, int]:
+    """Worker process: rebuild the bench for one pair and fill its part of the cache."""
+    torch.set_num_threads(threads)
+    bench = QualityBench(payload["prior"], payload["classifier"], payload["data"], payload["output"],
+                         payload["settings"], tasks=[task], methods=[method],
+                         classifier_card=payload["classifier_card"])
+    return task, method, bench.compute_missing(task, method)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -613,8 +682,8 @@ def _setting_line(bench: QualityBench) -> str:
     card = bench.prior.card.get("presets", {}) if isinstance(bench.prior.card, dict) else {}
     scale = s.iterations_scale if s.iterations_scale is not None else card.get("iterations_scale", 1.0)
     cands = s.candidates if s.candidates is not None else card.get("n_candidates", "the presets'")
-    label = "**QUICK setting** (a smoke run: few images, few iterations; not the paper's budgets)" if s.quick \
-        else "full setting"
+    label = (f"**QUICK setting** (few images, ablations on {', '.join(QUICK_ABLATION_TASKS)} only; not the paper's "
+             "budgets)") if s.quick else "full setting"
     return (f"{label}: {len(bench.keys)} images, DGP iterations x{scale} of the presets, {cands} latent-search "
             f"candidates, Deep Image Prior {s.dip_iterations} steps, PGD eps {s.pgd_eps * 255:.0f}/255 with "
             f"{s.pgd_steps} steps, seed {s.seed}")
@@ -663,7 +732,9 @@ def write_report(bench: QualityBench, result: BenchResult) -> None:
         f"{len(bench.images.class_names)} classes (list: [images.txt](images.txt)); the GAN methods are given the "
         "true class except in the defense task, where they search it",
         f"- Machine: {env['platform']}, {env['cpu_count']} CPU cores, torch {env['torch']} with "
-        f"{env['torch_threads']} thread(s), Python {env['python']}, dgp {env['dgp']}; {env['date']}",
+        f"{env['torch_threads']} thread(s)" + (f" shared by {bench.info['workers']} worker processes"
+                                               if bench.info.get("workers", 1) > 1 else "") +
+        f", Python {env['python']}, dgp {env['dgp']}; {env['date']}",
         f"- This run computed {result.computed} and reused {result.cached} cached per-image results in "
         f"{bench.info.get('seconds', 0):.0f} s; s / image is the wall time of one restoration when it was computed",
         "- Figures: mean ± standard deviation over images; per-image figures in [results.json](results.json); each "
