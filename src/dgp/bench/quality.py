@@ -684,9 +684,11 @@ def _setting_line(bench: QualityBench) -> str:
     cands = s.candidates if s.candidates is not None else card.get("n_candidates", "the presets'")
     label = (f"**QUICK setting** (few images, ablations on {', '.join(QUICK_ABLATION_TASKS)} only; not the paper's "
              "budgets)") if s.quick else "full setting"
-    return (f"{label}: {len(bench.keys)} images, DGP iterations x{scale} of the presets, {cands} latent-search "
-            f"candidates, Deep Image Prior {s.dip_iterations} steps, PGD eps {s.pgd_eps * 255:.0f}/255 with "
-            f"{s.pgd_steps} steps, seed {s.seed}")
+    lr = card.get("lr_G_scale")
+    lr_text = f", generator learning rates scaled as the prior card says ({json.dumps(lr)})" if lr else ""
+    return (f"{label}: {len(bench.keys)} images, DGP iterations x{scale} of the presets{lr_text}, {cands} "
+            f"latent-search candidates, Deep Image Prior {s.dip_iterations} steps, PGD eps {s.pgd_eps * 255:.0f}/255 "
+            f"with {s.pgd_steps} steps, seed {s.seed}")
 
 
 def environment() -> dict[str, Any]:
