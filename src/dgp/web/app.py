@@ -52,28 +52,33 @@ SCALE_RANGE = (0.01, 2.0)
 NOT_AN_IMAGE = f"The uploaded file is not an image that can be read (use {READABLE_FORMATS})."
 
 
-class _ReadableUploads:
-    """Mixin for upload components: an unreadable upload ends in a clear message in the page (no server path)."""
-
-    def preprocess(self, payload: Any) -> Any:
-        try:
-            return super().preprocess(payload)  # type: ignore[misc]
-        except gr.Error:
-            raise
-        except Exception:  # noqa: BLE001  (whatever PIL raises on a file that is not an image)
-            raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
+def _readable_upload(preprocess: Callable[[Any], Any], payload: Any) -> Any:
+    """Run a component's ``preprocess``; an unreadable upload ends in a clear message in the page (no path)."""
+    try:
+        return preprocess(payload)
+    except gr.Error:
+        raise
+    except Exception:  # noqa: BLE001  (whatever PIL raises on a file that is not an image)
+        raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
 
 
-class CheckedImage(_ReadableUploads, gr.Image):
+# Gradio renders a template component by its first base class, so each subclasses the Gradio class directly.
+class CheckedImage(gr.Image):
     """``gr.Image`` with the unreadable-upload message."""
 
     is_template = True  # rendered by the page as a plain Image
 
+    def preprocess(self, payload: Any) -> Any:
+        return _readable_upload(super().preprocess, payload)
 
-class CheckedImageEditor(_ReadableUploads, gr.ImageEditor):
+
+class CheckedImageEditor(gr.ImageEditor):
     """``gr.ImageEditor`` with the unreadable-upload message."""
 
     is_template = True  # rendered by the page as a plain ImageEditor
+
+    def preprocess(self, payload: Any) -> Any:
+        return _readable_upload(super().preprocess, payload)
 
 
 def page_errors(fn: F) -> F:
