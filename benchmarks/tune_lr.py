@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from importlib import resources
@@ -39,13 +38,11 @@ def prior_with_scale(source: Path, scale: float, out: Path) -> Path:
     return folder
 
 
-def mean_psnr(results: Path) -> dict[tuple[str, str], tuple[float, int]]:
-    records = json.loads(results.read_text())["records"]
-    by: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        if r.get("psnr") is not None:
-            by.setdefault((r["task"], r["method"]), []).append(float(r["psnr"]))
-    return {k: (statistics.mean(v), len(v)) for k, v in by.items()}
+def mean_psnr(results: Path) -> dict[tuple[str, str], float]:
+    """Mean PSNR per (task, method) from the summary of a benchmark's ``results.json``."""
+    summary = json.loads(results.read_text())["summary"]
+    return {(task, method): s["psnr"] for task, methods in summary.items() for method, s in methods.items()
+            if s.get("psnr") is not None}
 
 
 def main() -> None:
@@ -61,7 +58,7 @@ def main() -> None:
     source = args.prior or shipped_prior_folder()
     scales = [float(s) for s in args.scales.split(",")]
     dgp = Path(sys.executable).with_name("dgp")
-    table: dict[float, dict[tuple[str, str], tuple[float, int]]] = {}
+    table: dict[float, dict[tuple[str, str], float]] = {}
     for scale in scales:
         folder = prior_with_scale(source, scale, args.output)
         run = args.output / f"bench-lr{scale:g}"
@@ -78,7 +75,7 @@ def main() -> None:
              "| task | method | " + " | ".join(f"x{s:g}" for s in scales) + " |",
              "| --- | --- | " + " | ".join("---" for _ in scales) + " |"]
     for task, method in keys:
-        cells = [f"{table[s][(task, method)][0]:.2f}" if (task, method) in table[s] else "-" for s in scales]
+        cells = [f"{table[s][(task, method)]:.2f}" if (task, method) in table[s] else "-" for s in scales]
         lines.append(f"| {task} | {method} | " + " | ".join(cells) + " |")
     (args.output / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
