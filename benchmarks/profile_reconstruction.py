@@ -81,11 +81,15 @@ def stage_table(prior: Prior, preset: str, seed: int) -> tuple[list[str], float]
     return lines, wall
 
 
-def operator_breakdown(prior: Prior, batch: int, steps: int) -> tuple[dict[str, float], float, float, float]:
+Breakdown = tuple[dict[str, float], float, float, float, list[tuple[str, str, float]]]
+
+
+def operator_breakdown(prior: Prior, batch: int, steps: int, top: int = 8) -> Breakdown:
     """Profile ``steps`` fully-open optimisation steps on ``batch`` images.
 
     Returns operator self time per category (seconds), their sum, the wall time of the same steps run
-    without the profiler, and the time inside the optimizers' ``step`` (all their operators).
+    without the profiler, the time inside the optimizers' ``step`` (all their operators), and the ``top``
+    costliest operators by name and input shapes (seconds).
     """
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
@@ -103,7 +107,7 @@ def operator_breakdown(prior: Prior, batch: int, steps: int) -> tuple[dict[str, 
     start = time.perf_counter()
     run()
     wall = time.perf_counter() - start
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         run()
     totals: dict[str, float] = defaultdict(float)
     optimizer = 0.0
@@ -112,11 +116,14 @@ def operator_breakdown(prior: Prior, batch: int, steps: int) -> tuple[dict[str, 
             totals[categorise(event.key)] += event.self_cpu_time_total / 1e6
         elif event.key.startswith("Optimizer.step#"):
             optimizer += event.cpu_time_total / 1e6
-    return dict(totals), sum(totals.values()), wall, optimizer
+    by_shape = [(e.key, " ".join(str(tuple(s)) for s in e.input_shapes[:2] if s), e.self_cpu_time_total / 1e6)
+                for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
+    costliest = sorted(by_shape, key=lambda item: -item[2])[:top]
+    return dict(totals), sum(totals.values()), wall, optimizer, costliest
 
 
-def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optimizer: float, steps: int,
-                    batch: int) -> list[str]:
+def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optimizer: float,
+                    costliest: list[tuple[str, str, float]], steps: int, batch: int) -> list[str]:
     lines = ["| category | ms per step | share of operator time |", "| --- | --- | --- |"]
     for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {label} | {1e3 * seconds / steps:.1f} | {100 * seconds / op_time:.0f}% |")
@@ -125,13 +132,16 @@ def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optim
                  f"{1e3 * optimizer / steps:.1f} | {100 * optimizer / op_time:.0f}% |")
     lines.append(f"| wall time per step without the profiler ({batch} image{'s' if batch > 1 else ''}) | "
                  f"{1e3 * wall / steps:.1f} | |")
+    lines += ["", "The costliest operators (by input shapes; grouped convolutions show the batch folded into the "
+              "channels, as ``vmap`` runs them):", "", "| operator | input shapes | ms per step |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {shapes} | {1e3 * seconds / steps:.1f} |" for name, shapes, seconds in costliest]
     return lines
 
 
-def reading(single: tuple, batched: tuple, batch: int) -> list[str]:
+def reading(single: Breakdown, batched: Breakdown, batch: int) -> list[str]:
     """Plain-language conclusions drawn from this run's figures."""
-    def parts(result: tuple) -> tuple[float, float, float]:
-        totals, op_time, wall, _ = result
+    def parts(result: Breakdown) -> tuple[float, float, float]:
+        totals, op_time, wall = result[:3]
         conv = totals.get("convolution forward", 0.0) + totals.get("convolution backward", 0.0)
         return conv / op_time, max(0.0, wall - op_time) / wall, wall
     conv1, over1, wall1 = parts(single)
@@ -144,7 +154,9 @@ def reading(single: tuple, batched: tuple, batch: int) -> list[str]:
         f"- {batch} images at once: convolutions grow to {100 * convb:.0f}% of the operator time and the "
         f"overhead outside operators falls to {100 * overb:.0f}%; a step of the batch costs "
         f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
-        "(grouped convolutions: every image has its own generator weights) is the largest single item.",
+        "(grouped convolutions: every image has its own generator weights) is the largest single item. What no "
+        "image can change (the untuned output layer, spectral- and batch-norm buffers) is shared, so it runs as "
+        "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products.",
         "- Every stage costs the same per step whatever the number of open blocks: as in the released code, "
         "closed blocks keep learning rate 0 but still get gradients and Adam moment updates, so the state "
         "they bring into later stages matches the original. Skipping them would be faster but would change "

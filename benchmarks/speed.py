@@ -183,6 +183,11 @@ def targets(row: dict, peak: float) -> list[str]:
                  f"{'yes' if best[1] >= 0.4 * peak else 'no'} |")
     lines.append(f"| lean path faster than the naive loop | {row['speedup']:.2f}x | "
                  f"{'yes' if row['speedup'] > 1 else 'no'} |")
+    if 1 in ips:
+        single = row["batched_gflops"][1] / peak
+        lines += ["", f"The batch speed-up has a ceiling: one image at a time already runs at {100 * single:.1f}% of "
+                  f"the conv peak, so B images at once can be at most {1 / single:.2f}x faster per image even if "
+                  f"every FLOP ran at the peak; 3x needs the batch to run at {300 * single:.0f}% of it."]
     return lines + ["", "Where the time goes, stage by stage and by operator: [profile.md](profile.md).", ""]
 
 

@@ -18,19 +18,24 @@ def _clean(prior, n: int) -> torch.Tensor:
         return prior.G(z, prior.G.shared(torch.arange(n) % prior.n_classes))
 
 
+@pytest.mark.parametrize("fused_adam", [True, False])
 @pytest.mark.parametrize("preset,chain", [("colorization", "gray"), ("sr-mse", "down4"),
                                           ("inpainting", "hole")])
-def test_lean_path_equals_reference_loop(tiny_prior, preset, chain):
+def test_lean_path_equals_reference_loop(tiny_prior, preset, chain, fused_adam):
     schedule = PRESETS[preset].scaled(iterations=0.02, candidates=0.02)
     deg = parse_degradation(chain, size=(32, 32))
     clean = _clean(tiny_prior, 1)
     obs = deg.observe(clean)
     lean = DGPReconstructor(tiny_prior, schedule)(obs, deg, None, torch.Generator().manual_seed(3))
     image, z, class_id = reference_reconstruct(tiny_prior, schedule, obs, deg, None,
-                                               torch.Generator().manual_seed(3), reference=clean)
+                                               torch.Generator().manual_seed(3), reference=clean,
+                                               fused_adam=fused_adam)
     assert lean.class_id == class_id
-    torch.testing.assert_close(lean.z, z, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(lean.image, image, rtol=1e-5, atol=1e-6)
+    # With the same Adam kernel only float rounding may differ; the original per-tensor Adam rounds its
+    # updates differently, and a few hundred steps of fine-tuning carry that to ~1e-5 in the image.
+    tolerance = dict(rtol=1e-5, atol=1e-6) if fused_adam else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lean.z, z, **tolerance)
+    torch.testing.assert_close(lean.image, image, **tolerance)
 
 
 @pytest.mark.parametrize("preset,chain", [("colorization", "gray"), ("sr-mse", "down4"),

@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
-from dgp.priors.layers import frozen_spectral_norm
+from dgp.priors.layers import FrozenInstanceNorm, SNConv2d, frozen_spectral_norm
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
 
@@ -163,44 +163,60 @@ class TunedGenerator:
 class StackedGenerators:
     """B independent tuned copies of the generator, run as one batch through ``torch.func.vmap``.
 
-    Every parameter and buffer is stacked along a new first dimension; image ``i`` uses slice ``i`` only, so
-    its gradients, Adam updates and instance-norm statistics are its own, as in the single-image path.
-    Convolutions with per-image weights become grouped convolutions under ``vmap``.
+    Every tuned parameter and every per-image buffer (the instance-norm affine, matched per image) is stacked
+    along a new first dimension; image ``i`` uses slice ``i`` only, so its gradients, Adam updates and
+    instance-norm statistics are its own, as in the single-image path. Convolutions with per-image weights
+    become grouped convolutions under ``vmap``. What no image can change (untuned parameters such as the
+    output layer, and the constant buffers of spectral and batch norm in eval mode) is kept once and shared,
+    so that those layers run as ordinary batched layers.
     """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
         self.G = copy.deepcopy(G).eval()
         self.G.reset_instance_norm()
+        for layer in self.G.modules():
+            if isinstance(layer, SNConv2d):
+                layer.pointwise_matmul = True
         self.class_ids = class_ids
         b = len(class_ids)
         names = {id(p): n for n, p in self.G.named_parameters()}
         groups = [[names[id(p)] for p in g] for g in self.G.param_groups(with_embedding=update_embed)]
         groups = groups if tune_output_layer else groups[:-1]
         tuned = {n for g in groups for n in g}
+        per_image = {f"{m_name}.{b_name}" for m_name, m in self.G.named_modules()
+                     if isinstance(m, FrozenInstanceNorm) for b_name, _ in m.named_buffers(recurse=False)}
 
         def stack(t: Tensor, grad: bool) -> Tensor:
             return t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())).clone().requires_grad_(grad)
 
-        self.params = {n: stack(p, n in tuned) for n, p in self.G.named_parameters()}
-        self.buffers = {n: stack(t, False) for n, t in self.G.named_buffers()}
+        self.params = {n: stack(p, True) for n, p in self.G.named_parameters() if n in tuned}
+        self.buffers = {n: stack(t, False) for n, t in self.G.named_buffers() if n in per_image}
+        self.shared = {n: p.detach() for n, p in self.G.named_parameters() if n not in tuned}
+        self.shared.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
         self.groups = [[self.params[n] for n in g] for g in groups]
 
-    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], z: Tensor, class_id: Tensor,
-             use_in: bool) -> Tensor:
-        embedding = torch.index_select(params["shared.weight"], 0, class_id.reshape(1))
-        return functional_call(self.G, {**params, **buffers}, (z.unsqueeze(0), embedding), {"use_in": use_in})[0]
+    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], shared: dict[str, Tensor], z: Tensor,
+             class_id: Tensor, use_in: bool) -> Tensor:
+        table = params.get("shared.weight", shared.get("shared.weight"))
+        embedding = torch.index_select(table, 0, class_id.reshape(1))
+        return functional_call(self.G, {**shared, **params, **buffers}, (z.unsqueeze(0), embedding),
+                               {"use_in": use_in})[0]
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return vmap(self._one, in_dims=(0, 0, 0, 0, None))(self.params, self.buffers, z, self.class_ids, use_in)
+        return vmap(self._one, in_dims=(0, 0, None, 0, 0, None))(self.params, self.buffers, self.shared, z,
+                                                                 self.class_ids, use_in)
 
     def embeddings(self) -> Tensor:
-        w = self.params["shared.weight"]
+        w = self.params.get("shared.weight")
+        if w is None:
+            return self.shared["shared.weight"][self.class_ids]
         return w[torch.arange(len(self.class_ids), device=w.device), self.class_ids]
 
     def states(self) -> list[dict[str, Tensor]]:
-        merged = {**self.params, **self.buffers}
         order = list(self.G.state_dict().keys())
-        return [{k: merged[k][i].detach().cpu().clone() for k in order} for i in range(len(self.class_ids))]
+        stacked = {**self.params, **self.buffers}
+        return [{k: (stacked[k][i] if k in stacked else self.shared[k]).detach().cpu().clone() for k in order}
+                for i in range(len(self.class_ids))]
 
 
 def _adam(groups: list[dict]) -> torch.optim.Adam:

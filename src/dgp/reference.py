@@ -23,8 +23,12 @@ from dgp.schedule import Schedule
 
 def reference_reconstruct(prior: Prior, schedule: Schedule, observation: Tensor, degradation: Degradation,
                           class_id: int | None, generator: torch.Generator,
-                          reference: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
-    """Reconstruct one image the slow way; returns ``(image (1, 3, R, R), z (1, dim_z), class_id)``."""
+                          reference: Tensor | None = None, fused_adam: bool = False) -> tuple[Tensor, Tensor, int]:
+    """Reconstruct one image the slow way; returns ``(image (1, 3, R, R), z (1, dim_z), class_id)``.
+
+    The optimiser is the original per-tensor Adam, or with ``fused_adam`` the fused kernel the lean path uses
+    (the same arithmetic rounded differently): with it, the two paths should agree to float rounding.
+    """
     G0, D = prior.G, prior.D
     size = (prior.resolution, prior.resolution)
     target = degradation.lift(observation, size)
@@ -58,8 +62,8 @@ def reference_reconstruct(prior: Prior, schedule: Schedule, observation: Tensor,
     z = z0.clone().requires_grad_(True)
     groups = G.param_groups(with_embedding=schedule.update_embed)
     groups = groups if schedule.tune_output_layer else groups[:-1]
-    opt_G = torch.optim.Adam([{"params": g} for g in groups], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
-    opt_z = torch.optim.Adam([z], lr=0.0, betas=(0.0, 0.999), eps=1e-8)
+    opt_G = torch.optim.Adam([{"params": g} for g in groups], lr=0.0, betas=(0.0, 0.999), eps=1e-8, fused=fused_adam)
+    opt_z = torch.optim.Adam([z], lr=0.0, betas=(0.0, 0.999), eps=1e-8, fused=fused_adam)
     log = []
     for stage in schedule.stages:
         for group, lr in zip(opt_G.param_groups, stage.group_lrs(len(groups))):

@@ -83,7 +83,14 @@ def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
 
 
 class SNConv2d(nn.Conv2d, SpectralNorm):
-    """2-D convolution with spectral norm. Input ``(B, in, H, W)``, output ``(B, out, H', W')``."""
+    """2-D convolution with spectral norm. Input ``(B, in, H, W)``, output ``(B, out, H', W')``.
+
+    With ``pointwise_matmul`` set, a 1x1 convolution runs as a matrix product (same values). Under ``vmap``
+    with per-sample weights that is a batched matrix product, about twice as fast on a CPU as the grouped
+    convolution ``vmap`` makes otherwise; for plain batches the convolution is faster, hence off by default.
+    """
+
+    pointwise_matmul: bool = False
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
                  bias: bool = True, eps: float = 1e-6) -> None:
@@ -91,7 +98,11 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         self._init_sn(out_channels, eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+        weight = self.normalized_weight()
+        if self.pointwise_matmul and self.kernel_size == (1, 1) and self.padding == (0, 0) and self.stride == (1, 1):
+            out = torch.matmul(weight.flatten(1), x.flatten(2)).unflatten(2, x.shape[2:])
+            return out if self.bias is None else out + self.bias[:, None, None]
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding)
 
 
 class SNLinear(nn.Linear, SpectralNorm):
@@ -239,16 +250,17 @@ class GBlock(nn.Module):
     def forward(self, x: Tensor, y: Tensor, use_in: bool = False) -> Tensor:
         """``x``: ``(B, in, H, W)``, ``y``: ``(B, cond_dim)`` -> ``(B, out, 2H, 2W)`` (or ``(B, out, H, W)``)."""
         h = F.relu(self._norm(self.bn1, self.in1, x, y, use_in))
+        if self.learnable_sc:
+            # A 1x1 convolution commutes with nearest upsampling: applying it first gives the same values as
+            # BigGAN's upsample-then-convolve with a quarter of the work.
+            x = self.conv_sc(x)
         if self.upsample:
             h = F.interpolate(h, scale_factor=2)
             x = F.interpolate(x, scale_factor=2)
         h = self.conv1(h)
         h = F.relu(self._norm(self.bn2, self.in2, h, y, use_in))
         self.in_ready = use_in
-        h = self.conv2(h)
-        if self.learnable_sc:
-            x = self.conv_sc(x)
-        return h + x
+        return self.conv2(h) + x
 
 
 class DBlock(nn.Module):
