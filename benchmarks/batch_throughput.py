@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=3, help="also measure the batched engine with this "
                         "many images per batch (1: skip)")
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--settle", type=float, default=120.0,
+                        help="wait up to this many seconds for the 1-min load average to fall below 0.5 (a job "
+                             "that just ended keeps it up for a minute or two)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -94,6 +97,9 @@ def main() -> None:
     settings = BatchSettings(task=args.task, prior=str(args.prior), degrade=True,
                              iterations_scale=args.iterations_scale, candidates=args.candidates)
     schedule = settings.resolved(prior).schedule(prior)
+    deadline = time.monotonic() + args.settle
+    while os.getloadavg()[0] >= 0.5 and time.monotonic() < deadline:
+        time.sleep(5)
     load_before = os.getloadavg()
 
     configs = [("local, 1 worker (in the driver)", make_backend(1), 1, 1),
