@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,3 +69,26 @@ def test_batched_leaves_prior_untouched(tiny_prior):
     DGPReconstructor(tiny_prior, schedule).batch([deg.observe(clean[:1]), deg.observe(clean[1:])], deg)
     for k, v in tiny_prior.G.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("update_embed,tune_output_layer", [(False, True), (True, False)])
+def test_batched_shares_only_what_no_image_changes(tiny_prior, update_embed, tune_output_layer):
+    """Untuned layers are shared across the batch, tuned ones are per image: each image's final generator
+    state matches its one-at-a-time run, and untuned weights come back as the prior's."""
+    schedule = dataclasses.replace(PRESETS["colorization"].scaled(iterations=0.02, candidates=0.02),
+                                   update_embed=update_embed, tune_output_layer=tune_output_layer)
+    deg = parse_degradation("gray", size=(32, 32))
+    clean = _clean(tiny_prior, 2)
+    obs = [deg.observe(clean[i:i + 1]) for i in range(2)]
+    rec = DGPReconstructor(tiny_prior, schedule)
+    singles = [rec(o, deg, None, torch.Generator().manual_seed(i)) for i, o in enumerate(obs)]
+    batch = rec.batch(obs, deg, None, [torch.Generator().manual_seed(i) for i in range(2)])
+    prior_state = tiny_prior.G.state_dict()
+    for a, b in zip(singles, batch):
+        torch.testing.assert_close(b.image, a.image, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(b.class_embedding, a.class_embedding, rtol=1e-3, atol=1e-3)
+        for key, value in a.generator_state.items():
+            torch.testing.assert_close(b.generator_state[key], value, rtol=1e-3, atol=1e-3, msg=key)
+        assert torch.equal(b.generator_state["shared.weight"], prior_state["shared.weight"]) != update_embed
+        conv = "output_layer.2.weight"
+        assert torch.equal(b.generator_state[conv], prior_state[conv]) != tune_output_layer
