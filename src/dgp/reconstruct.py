@@ -191,31 +191,31 @@ class StackedGenerators:
 
         self.params = {n: stack(p, True) for n, p in self.G.named_parameters() if n in tuned}
         self.buffers = {n: stack(t, False) for n, t in self.G.named_buffers() if n in per_image}
-        self.shared = {n: p.detach() for n, p in self.G.named_parameters() if n not in tuned}
-        self.shared.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
+        self.fixed = {n: p.detach() for n, p in self.G.named_parameters() if n not in tuned}
+        self.fixed.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
         self.groups = [[self.params[n] for n in g] for g in groups]
 
-    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], shared: dict[str, Tensor], z: Tensor,
+    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], fixed: dict[str, Tensor], z: Tensor,
              class_id: Tensor, use_in: bool) -> Tensor:
-        table = params.get("shared.weight", shared.get("shared.weight"))
+        table = params.get("shared.weight", fixed.get("shared.weight"))  # the class-embedding table
         embedding = torch.index_select(table, 0, class_id.reshape(1))
-        return functional_call(self.G, {**shared, **params, **buffers}, (z.unsqueeze(0), embedding),
+        return functional_call(self.G, {**fixed, **params, **buffers}, (z.unsqueeze(0), embedding),
                                {"use_in": use_in})[0]
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return vmap(self._one, in_dims=(0, 0, None, 0, 0, None))(self.params, self.buffers, self.shared, z,
+        return vmap(self._one, in_dims=(0, 0, None, 0, 0, None))(self.params, self.buffers, self.fixed, z,
                                                                  self.class_ids, use_in)
 
     def embeddings(self) -> Tensor:
         w = self.params.get("shared.weight")
         if w is None:
-            return self.shared["shared.weight"][self.class_ids]
+            return self.fixed["shared.weight"][self.class_ids]
         return w[torch.arange(len(self.class_ids), device=w.device), self.class_ids]
 
     def states(self) -> list[dict[str, Tensor]]:
         order = list(self.G.state_dict().keys())
         stacked = {**self.params, **self.buffers}
-        return [{k: (stacked[k][i] if k in stacked else self.shared[k]).detach().cpu().clone() for k in order}
+        return [{k: (stacked[k][i] if k in stacked else self.fixed[k]).detach().cpu().clone() for k in order}
                 for i in range(len(self.class_ids))]
 
 
