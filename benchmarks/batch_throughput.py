@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from dgp.allocator import keep_freed_memory
 from dgp.batch import list_inputs, make_backend, run_batch
 from dgp.batch.manifest import Manifest
 from dgp.batch.runner import OUTPUTS_FOLDER, BatchSettings
@@ -89,6 +90,7 @@ def main() -> None:
                              "that just ended keeps it up for a minute or two)")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as the dgp command does
     torch.set_num_threads(1)
     prior = load_prior(args.prior)
     work = Path(tempfile.mkdtemp(prefix="dgp-batch-bench-"))

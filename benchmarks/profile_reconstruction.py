@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
 from dgp.pipeline import TASKS, default_schedule
 from dgp.priors.registry import Prior, load_prior
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/profile.md"))
     args = parser.parse_args()
+    keep_freed_memory()  # as the dgp command does
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior)
 

@@ -2,13 +2,19 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/speed.py [--prior cifar10] [--threads N] [--quick] [-o docs/performance.md]
+    .venv/bin/python benchmarks/speed.py [--prior cifar10] [--threads N] [--quick] [--repeats 3]
+        [--system-allocator] [-o docs/performance.md]
 
 Prints, for the shipped prior and for the 128-pixel ImageNet BigGAN architecture with random weights:
 ms per iteration (single image, lean and reference loops), images per second for batch sizes 1, 4, 16, 64,
 latent-search time for 500 candidates, peak resident memory, FLOPs per iteration (counted by
 ``torch.utils.flop_counter``), the achieved GFLOP/s and its fraction of this machine's convolution peak
 (measured in the same run). Writes a Markdown report and, when matplotlib is installed, a throughput plot.
+
+On a shared machine a run can slow down for seconds at a time, so the single-image and batched timings of the
+shipped prior are taken ``--repeats`` times in interleaved rounds (every batch size once a round, so a slow spell
+hits all of them alike) and reported as medians, with the range. The process keeps freed memory for reuse as
+the ``dgp`` command does (:mod:`dgp.allocator`); ``--system-allocator`` measures with glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import dataclasses
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
 from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
 from dgp.priors.registry import Prior, load_prior
@@ -145,20 +153,27 @@ def random_imagenet_128() -> Prior:
 
 
 def measure(prior: Prior, peak: float, batches: list[int], iterations: int, candidates: int,
-            reference_iterations: int, full_preset: bool) -> dict:
-    row: dict = {"prior": prior.name, "resolution": prior.resolution}
-    single = time_single(prior, iterations)
+            reference_iterations: int, full_preset: bool, repeats: int = 1) -> dict:
+    """Every figure of one prior; the single-image and batched timings are medians of ``repeats`` rounds."""
+    row: dict = {"prior": prior.name, "resolution": prior.resolution, "repeats": repeats}
+    singles: list[float] = []
+    runs: dict[int, list[float]] = {b: [] for b in batches}
+    for _ in range(repeats):
+        singles.append(time_single(prior, iterations))
+        for b in batches:
+            runs[b].append(images_per_second(prior, b, iterations))
+    single = statistics.median(singles)
     ref = time_reference(prior, reference_iterations)
     flops = flops_per_iteration(prior)
-    row.update(ms_per_iteration=1e3 * single, reference_ms_per_iteration=1e3 * ref, speedup=ref / single,
+    row.update(ms_per_iteration=1e3 * single, ms_per_iteration_range=(1e3 * min(singles), 1e3 * max(singles)),
+               reference_ms_per_iteration=1e3 * ref, speedup=ref / single,
                gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9)
     row["fraction_of_peak"] = row["achieved_gflops"] / peak
-    row["images_per_second"] = {}
-    row["batched_gflops"] = {}
-    for b in batches:
-        ips = images_per_second(prior, b, iterations)
-        row["images_per_second"][b] = ips
-        row["batched_gflops"][b] = flops * iterations * ips / 1e9
+    row["images_per_second"] = {b: statistics.median(r) for b, r in runs.items()}
+    row["images_per_second_range"] = {b: (min(r), max(r)) for b, r in runs.items()}
+    if 1 in runs:  # the batch speed-up within each round, where both sizes ran a few seconds apart
+        row["speedup_by_round"] = {b: [r / one for r, one in zip(runs[b], runs[1])] for b in batches}
+    row["batched_gflops"] = {b: flops * iterations * ips / 1e9 for b, ips in row["images_per_second"].items()}
     row["search_seconds"] = search_seconds(prior, candidates)
     row["reference_search_seconds"] = search_seconds(prior, candidates, reference=True)
     if full_preset:
@@ -176,7 +191,9 @@ def targets(row: dict, peak: float) -> list[str]:
         lines.append(f"| full colorization preset on one image <= 15 s | {t:.1f} s | {'yes' if t <= 15 else 'no'} |")
     if 16 in ips and 1 in ips:
         ratio = ips[16] / ips[1]
-        lines.append(f"| 16 images at once >= 3x the images/s of one at a time | {ratio:.2f}x | "
+        rounds = row.get("speedup_by_round", {}).get(16, [])
+        spread = f" (rounds: {', '.join(f'{r:.2f}x' for r in rounds)})" if len(rounds) > 1 else ""
+        lines.append(f"| 16 images at once >= 3x the images/s of one at a time | {ratio:.2f}x{spread} | "
                      f"{'yes' if ratio >= 3 else 'no'} |")
     best = max(row["batched_gflops"].items(), key=lambda kv: kv[1])
     lines.append(f"| batched throughput >= 40% of the conv peak | {100 * best[1] / peak:.1f}% (B={best[0]}) | "
@@ -191,17 +208,23 @@ def targets(row: dict, peak: float) -> list[str]:
     return lines + ["", "Where the time goes, stage by stage and by operator: [profile.md](profile.md).", ""]
 
 
-def report(rows: list[dict], peak: float, threads: int, command: str) -> str:
+def report(rows: list[dict], peak: float, threads: int, command: str, allocator: str) -> str:
+    repeats = rows[0].get("repeats", 1)
     lines = ["# Performance", "",
              f"Measured by `{command}` on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads (of {threads} requested), torch {torch.__version__}. "
+             f"{torch.get_num_threads()} torch threads (of {threads} requested), torch {torch.__version__}, "
+             f"{allocator}. "
              f"Convolution peak measured in the same run: **{peak:.1f} GFLOP/s** (3x3 conv, 128 channels, 32x32, "
              "batch 16). An iteration is one optimisation step: G forward, degradation, D forward, backward, "
-             "two Adam steps. Throughput counts one image as the given number of iterations.", ""]
+             "two Adam steps. Throughput counts one image as the given number of iterations."
+             + (f" Single-image and batched timings of the first prior are medians of {repeats} interleaved rounds, "
+                "with the range." if repeats > 1 else ""), ""]
     lines += targets(rows[0], peak)
     for r in rows:
+        lo, hi = r.get("ms_per_iteration_range", (r["ms_per_iteration"],) * 2)
+        spread = f" ({lo:.1f}-{hi:.1f})" if r.get("repeats", 1) > 1 else ""
         lines += [f"## {r['prior']} ({r['resolution']} px)", "", "| figure | value |", "| --- | --- |",
-                  f"| ms per iteration, lean single-image path | {r['ms_per_iteration']:.1f} |",
+                  f"| ms per iteration, lean single-image path | {r['ms_per_iteration']:.1f}{spread} |",
                   f"| ms per iteration, naive reference loop | {r['reference_ms_per_iteration']:.1f} |",
                   f"| speed-up of the lean path | {r['speedup']:.2f}x |",
                   f"| GFLOP per iteration (counted) | {r['gflop_per_iteration']:.3f} |",
@@ -212,11 +235,13 @@ def report(rows: list[dict], peak: float, threads: int, command: str) -> str:
         if "colorization_preset_seconds" in r:
             lines.append(f"| full colorization preset (search + stages) | {r['colorization_preset_seconds']:.1f} s |")
         lines.append(f"| peak resident memory of the process so far | {r['peak_rss_mb']:.0f} MB |")
-        lines += ["", "| batch size | images/s | speed-up vs B=1 | GFLOP/s | % of peak |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "| batch size | images/s | range | speed-up vs B=1 | GFLOP/s | % of peak |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         base = r["images_per_second"][min(r["images_per_second"])]
         for b, ips in r["images_per_second"].items():
             g = r["batched_gflops"][b]
-            lines.append(f"| {b} | {ips:.3f} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
+            lo, hi = r.get("images_per_second_range", {}).get(b, (ips, ips))
+            lines.append(f"| {b} | {ips:.3f} | {lo:.3f}-{hi:.3f} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
         lines.append("")
     return "\n".join(lines)
 
@@ -252,8 +277,16 @@ def main() -> None:
     parser.add_argument("--skip-imagenet", action="store_true", help="only the shipped prior")
     parser.add_argument("--imagenet-candidates", type=int, default=None,
                         help="latent-search candidates for the 128-px model (default 500, 50 with --quick)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds of the shipped prior's timings, reported as medians (default 3)")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="keep glibc's allocator defaults instead of dgp.allocator.keep_freed_memory()")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    tuned = False if args.system_allocator else keep_freed_memory()
+    allocator = "freed memory kept for reuse (dgp.allocator)" if tuned else "the system allocator's defaults"
     torch.set_num_threads(args.threads)
     peak = conv_peak_gflops()
     print(f"conv peak: {peak:.1f} GFLOP/s")
@@ -261,7 +294,7 @@ def main() -> None:
     small = load_prior(args.prior)
     batches = [1, 4, 16] if args.quick else [1, 4, 16, 64]
     rows.append(measure(small, peak, batches, iterations=10 if args.quick else 30, candidates=500,
-                        reference_iterations=5 if args.quick else 15, full_preset=True))
+                        reference_iterations=5 if args.quick else 15, full_preset=True, repeats=args.repeats))
     print(rows[-1])
     if not args.skip_imagenet:
         big = random_imagenet_128()
@@ -272,7 +305,7 @@ def main() -> None:
         rows[-1]["candidates"] = candidates
         print(rows[-1])
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    text = report(rows, peak, args.threads, " ".join(["benchmarks/speed.py", *sys.argv[1:]]))
+    text = report(rows, peak, args.threads, " ".join(["benchmarks/speed.py", *sys.argv[1:]]), allocator)
     if plot(rows, args.output.with_name("performance_throughput.png")):
         text += "\n![throughput against batch size](performance_throughput.png)\n"
     args.output.write_text(text)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from dgp.allocator import keep_freed_memory
 from dgp.batch.runner import BatchError, Done, Restorer, WorkItem, WorkResult, lost
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
@@ -52,6 +53,7 @@ class RayWorker:
     """
 
     def __init__(self, schedule: Schedule, device: str, threads: int, kill_once: str | None) -> None:
+        keep_freed_memory()
         torch.set_num_threads(threads)
         self.schedule, self.device, self.kill_once = schedule, device, kill_once
         self.restorer: Restorer | None = None

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from dgp.allocator import keep_freed_memory
 from dgp.batch.inputs import BatchInput, find_reference
 from dgp.batch.manifest import Manifest, Row
 from dgp.degradations import Degradation, parse_degradation
@@ -313,6 +314,7 @@ class InProcessBackend:
 def _worker_main(conn: mp_connection.Connection, payload: bytes, threads: int) -> None:
     """Body of a local worker process: load the prior once, then restore items until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    keep_freed_memory()
     torch.set_num_threads(threads)
     prior, schedule, device, kill_once = pickle.loads(payload)
     restorer = Restorer(prior, schedule, device, kill_once)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from dgp.allocator import keep_freed_memory
 from dgp.attacks import pgd_linf
 from dgp.baselines import Reconstructor
 from dgp.baselines.classical import (BicubicUpsampling, NonLocalMeans, ObservationBaseline, OpenCVInpainting,
@@ -625,6 +626,7 @@ def _method_cost(task: str, method: str) -> int:
 
 def _compute_pair(payload: dict[str, Any], task: str, method: str, threads: int) -> tuple[str, str, int]:
     """Worker process: rebuild the bench for one pair and fill its part of the cache."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     bench = QualityBench(payload["prior"], payload["classifier"], payload["data"], payload["output"],
                          payload["settings"], tasks=[task], methods=[method],

@@ -38,8 +38,11 @@ def main() -> None:
     import os
     import sys
 
+    from dgp.allocator import keep_freed_memory
     from dgp.cli import commands  # noqa: F401  (registers every command)
     from dgp.reconstruct import ReconstructionError
+
+    keep_freed_memory()  # the application's choice for the whole process (see dgp.allocator)
 
     # typer vendors click in recent releases: find its UsageError through a public subclass
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")

@@ -1,0 +1,164 @@
+"""The faster formulations of BigGAN's layers compute what the original ones compute (issue: speed).
+
+Each is compared, in float64 so that only the order of additions can differ, with the formulation of the
+original code: upsample-then-convolve, convolve-then-pool, ``interpolate``, batch norm then the affine.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
+
+from dgp.allocator import keep_freed_memory
+from dgp.priors.layers import (
+    ConditionalBatchNorm,
+    DBlock,
+    GBlock,
+    SNConv2d,
+    pooled_conv3x3,
+    upsample2x,
+    upsampled_conv3x3,
+)
+
+
+def _rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _randn(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=_rng(), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (1, 5, 7, 3), (3, 2, 1, 1)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_upsampled_conv_equals_upsample_then_convolve(shape, with_bias):
+    x = _randn(*shape).requires_grad_(True)
+    weight = _randn(4, shape[1], 3, 3).requires_grad_(True)
+    bias = _randn(4).requires_grad_(True) if with_bias else None
+    ours = upsampled_conv3x3(x, weight, bias)
+    theirs = F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    # gradients too: the generator is fine-tuned through this layer
+    g = _randn(*theirs.shape)
+    inputs = [x, weight] + ([bias] if with_bias else [])
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 5), (1, 2, 2, 2)])
+def test_pooled_conv_equals_convolve_then_pool(shape):
+    x = _randn(*shape).requires_grad_(True)
+    weight, bias = _randn(6, shape[1], 3, 3), _randn(6)
+    ours = pooled_conv3x3(x, weight, bias)
+    theirs = F.avg_pool2d(F.conv2d(x, weight, bias, padding=1), 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(*theirs.shape)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_upsample2x_equals_nearest_interpolation():
+    x = _randn(2, 3, 5, 4).requires_grad_(True)
+    ours, theirs = upsample2x(x), F.interpolate(x, scale_factor=2)
+    assert torch.equal(ours, theirs)
+    g = _randn(*theirs.shape)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0])
+
+
+def test_layers_work_per_sample_under_vmap():
+    """The batched engine runs these layers per image with per-image weights (vmap)."""
+    x, w, b = _randn(3, 2, 4, 4), _randn(3, 5, 2, 3, 3), _randn(3, 5)
+    batched = vmap(lambda x, w, b: upsampled_conv3x3(x[None], w, b)[0])(x, w, b)
+    looped = torch.stack([upsampled_conv3x3(x[i:i + 1], w[i], b[i])[0] for i in range(3)])
+    torch.testing.assert_close(batched, looped)
+    torch.testing.assert_close(vmap(lambda x: upsample2x(x[None])[0])(x), upsample2x(x))
+
+
+@pytest.mark.parametrize("min_side", [1, 10**6])
+def test_sn_conv_forward_upsampled_and_pooled(min_side):
+    """Both paths of :meth:`SNConv2d.forward_upsampled` (phases or upsample first) and the pooled path agree
+    with the layer applied to the upsampled / before pooling input."""
+    conv = SNConv2d(3, 4).double().eval()
+    conv.phase_upsampling_min_side = min_side
+    x = _randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.forward_upsampled(x), conv(F.interpolate(x, scale_factor=2)))
+        torch.testing.assert_close(conv.forward_pooled(x), F.avg_pool2d(conv(x), 2))
+    pointwise = SNConv2d(3, 4, 1, padding=0).double().eval()  # not 3x3: the plain path
+    with torch.no_grad():
+        torch.testing.assert_close(pointwise.forward_pooled(x), F.avg_pool2d(pointwise(x), 2))
+        torch.testing.assert_close(pointwise.forward_upsampled(x), pointwise(F.interpolate(x, scale_factor=2)))
+
+
+def test_conditional_batch_norm_eval_folds_into_one_affine():
+    bn = ConditionalBatchNorm(4, 6).double().eval()
+    with torch.no_grad():
+        bn.stored_mean.copy_(_randn(4))
+        bn.stored_var.copy_(_randn(4).abs() + 0.1)
+    x, y = _randn(3, 4, 5, 5), _randn(3, 6)
+    out = bn(x, y)
+    normalised = (x - bn.stored_mean[:, None, None]) / torch.sqrt(bn.stored_var[:, None, None] + bn.eps)
+    expected = normalised * (1 + bn.gain(y))[..., None, None] + bn.bias(y)[..., None, None]
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conditional_batch_norm_trains_with_batch_statistics():
+    bn = ConditionalBatchNorm(4, 6).double().train()
+    x, y = _randn(8, 4, 3, 3) * 3 + 2, _randn(8, 6)
+    before = bn.stored_mean.clone()
+    twin = copy.deepcopy(bn)  # spectral norm refines its vector at every training-mode call: use a twin
+    out = bn(x, y)
+    normalised = F.batch_norm(x, None, None, training=True, eps=bn.eps)
+    expected = normalised * (1 + twin.gain(y))[..., None, None] + twin.bias(y)[..., None, None]
+    torch.testing.assert_close(out, expected)
+    assert not torch.equal(bn.stored_mean, before)  # running statistics updated
+
+
+def _original_gblock(block: GBlock, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """BigGAN's GBlock order: CBN-ReLU, upsample, conv, CBN-ReLU, conv; shortcut upsampled then 1x1 conv."""
+    def cbn(bn: ConditionalBatchNorm, h: torch.Tensor) -> torch.Tensor:
+        h = F.batch_norm(h, bn.stored_mean, bn.stored_var, None, None, False, 0.0, bn.eps)
+        return h * (1 + bn.gain(y))[..., None, None] + bn.bias(y)[..., None, None]
+
+    h = F.interpolate(F.relu(cbn(block.bn1, x)), scale_factor=2)
+    h = F.conv2d(F.relu(cbn(block.bn2, block.conv1(h))), block.conv2.normalized_weight(), block.conv2.bias,
+                 padding=1)
+    return h + block.conv_sc(F.interpolate(x, scale_factor=2))
+
+
+def _original_dblock(block: DBlock, x: torch.Tensor) -> torch.Tensor:
+    """BigGAN's DBlock: [ReLU]-conv-ReLU-conv-pool; shortcut conv then pool (pre-activation) or pool then conv."""
+    h = F.relu(x) if block.preactivation else x
+    h = F.avg_pool2d(block.conv2(F.relu(block.conv1(h))), 2)
+    sc = F.avg_pool2d(block.conv_sc(x), 2) if block.preactivation else block.conv_sc(F.avg_pool2d(x, 2))
+    return h + sc
+
+
+@pytest.mark.parametrize("min_side", [1, 10**6])
+def test_blocks_equal_the_original_order_of_operations(min_side):
+    torch.manual_seed(0)
+    g = GBlock(4, 3, 5, upsample=True).double().eval()
+    g.conv1.phase_upsampling_min_side = min_side
+    for bn in (g.bn1, g.bn2):
+        with torch.no_grad():
+            bn.stored_mean.copy_(torch.rand(bn.stored_mean.shape, dtype=torch.float64))
+            bn.stored_var.copy_(torch.rand(bn.stored_var.shape, dtype=torch.float64) + 0.5)
+    x, y = _randn(2, 4, 4, 4), _randn(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x, y), _original_gblock(g, x, y), rtol=1e-12, atol=1e-12)
+    for preactivation in (False, True):
+        d = DBlock(3, 4, downsample=True, preactivation=preactivation).double().eval()
+        with torch.no_grad():
+            torch.testing.assert_close(d(_randn(2, 3, 8, 8)), _original_dblock(d, _randn(2, 3, 8, 8)),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_keep_freed_memory_is_harmless():
+    """It reports whether it applied (glibc only) and the process computes as before."""
+    assert isinstance(keep_freed_memory(), bool)
+    x = torch.ones(2**20)
+    assert float((x * 2).sum()) == 2.0 * 2**20
