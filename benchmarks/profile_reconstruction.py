@@ -158,6 +158,11 @@ def reading(single: Breakdown, batched: Breakdown, batch: int) -> list[str]:
         "(grouped convolutions: every image has its own generator weights) is the largest single item. What no "
         "image can change (the untuned output layer, spectral- and batch-norm buffers) is shared, so it runs as "
         "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products.",
+        "- The layers compute BigGAN's values in a cheaper order (README, 'Same values, less work'): G's "
+        "upsample-then-convolve at 32 px runs as 2x2 convolutions of the 16-px image (4 phases, 4x the "
+        "output channels), D's convolve-then-pool as one stride-2 convolution, and the process "
+        "keeps freed memory for reuse (`dgp.allocator`), which removes the page faults of the batch's "
+        "multi-megabyte temporaries.",
         "- Every stage costs the same per step whatever the number of open blocks: as in the released code, "
         "closed blocks keep learning rate 0 but still get gradients and Adam moment updates, so the state "
         "they bring into later stages matches the original. Skipping them would be faster but would change "

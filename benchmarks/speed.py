@@ -241,7 +241,8 @@ def report(rows: list[dict], peak: float, threads: int, command: str, allocator:
         for b, ips in r["images_per_second"].items():
             g = r["batched_gflops"][b]
             lo, hi = r.get("images_per_second_range", {}).get(b, (ips, ips))
-            lines.append(f"| {b} | {ips:.3f} | {lo:.3f}-{hi:.3f} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
+            spread = f"{lo:.3f}-{hi:.3f}" if r.get("repeats", 1) > 1 else "-"
+            lines.append(f"| {b} | {ips:.3f} | {spread} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
         lines.append("")
     return "\n".join(lines)
 
