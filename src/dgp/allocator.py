@@ -3,11 +3,13 @@
 A batched reconstruction allocates and frees many tensors of a few megabytes every step. With glibc's default
 settings such blocks are handed back to the operating system when freed (memory-mapped blocks, or a trimmed
 heap top), so the next step maps them again and the kernel zero-fills every page on first touch: thousands
-of page faults a step. Keeping freed memory in the heap for reuse avoids that (on the project's 2-core machine
-16 images at once ran 10-20% faster; ``benchmarks/speed.py`` reports the figures).
+of page faults a step. Keeping freed memory in the heap for reuse avoids that (on the project's 2-core machine,
+16 images at once: from 5,000-10,000 page faults a step to a few hundred, and 8-18% less wall time in
+alternating runs; ``benchmarks/speed.py --system-allocator`` measures without it).
 
-This changes the whole process, so the library never calls it by itself: applications do (the ``dgp``
-command, its batch workers and the benchmarks call :func:`keep_freed_memory` once at start-up).
+This changes the whole process, so the library never calls it in its caller's process: the ``dgp`` command,
+the worker processes that ``dgp batch`` and the quality benchmark start, and the benchmarks call
+:func:`keep_freed_memory` once at start-up.
 """
 
 from __future__ import annotations
