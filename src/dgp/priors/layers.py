@@ -126,9 +126,9 @@ def upsample2x(x: Tensor) -> Tensor:
     """Nearest 2x upsampling ``(B, C, H, W) -> (B, C, 2H, 2W)``, the same values as
     ``F.interpolate(x, scale_factor=2)``.
 
-    Written as a depthwise transposed convolution with a 2x2 kernel of ones: on a CPU, with 16 images under
-    ``vmap``, forward and backward take about 60% of the time of ``interpolate`` (whose backward is the same
-    2x2 sum), and the same for one image.
+    Written as a depthwise transposed convolution with a 2x2 kernel of ones: in a micro-benchmark on a CPU,
+    with 16 images under ``vmap``, forward and backward took about 60% of the time of ``interpolate`` (whose
+    backward is the same 2x2 sum), and the same for one image.
     """
     channels = x.shape[-3]
     return F.conv_transpose2d(x, x.new_ones(channels, 1, 2, 2), stride=2, groups=channels)
@@ -160,12 +160,11 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     With ``pointwise_matmul`` set, a 1x1 convolution runs as a matrix product (same values). Under ``vmap``
     with per-sample weights that is a batched matrix product, about twice as fast on a CPU as the grouped
     convolution ``vmap`` makes otherwise; for plain batches the convolution is faster, hence off by default.
-    ``phase_upsampling`` and ``phase_upsampling_min_side`` choose how :meth:`forward_upsampled` works,
-    ``pooled_max_channels`` when :meth:`forward_pooled` uses one strided convolution.
+    ``phase_upsampling_min_side`` chooses how :meth:`forward_upsampled` works, ``pooled_max_channels`` when
+    :meth:`forward_pooled` uses one strided convolution.
     """
 
     pointwise_matmul: bool = False
-    phase_upsampling: bool = True
     phase_upsampling_min_side: int = 32  # measured: slower below 32 px, faster from 32 (1 or 16 images)
     # measured on a CPU: the strided 4x4 convolution is ~1.7x faster for 64-96 channels, even at 192 and
     # slower from 384 (6x at 768 channels, 16 px), where oneDNN seems to leave its fast path
@@ -187,12 +186,11 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         """The convolution of ``x`` ``(B, in, H, W)`` upsampled 2x (nearest): ``(B, out, 2H, 2W)``.
 
         A 3x3 convolution with padding 1 runs on the phases of the upsampled image (:func:`upsampled_conv3x3`)
-        when :attr:`phase_upsampling` is set and the output is at least :attr:`phase_upsampling_min_side`
-        pixels wide; otherwise the input is upsampled and convolved as in BigGAN. The results agree up to
+        when the output is at least :attr:`phase_upsampling_min_side` pixels wide; otherwise the input is upsampled and convolved as in BigGAN. The results agree up to
         float rounding.
         """
         side = 2 * x.shape[-1]
-        if self.phase_upsampling and side >= self.phase_upsampling_min_side and self._is_plain_3x3():
+        if side >= self.phase_upsampling_min_side and self._is_plain_3x3():
             return upsampled_conv3x3(x, self.normalized_weight(), self.bias)
         return self(upsample2x(x))
 
