@@ -16,7 +16,10 @@ Timings are for the given image content-independent: the observation is a random
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import platform
+import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
 from dgp.pipeline import TASKS, default_schedule
+from dgp.priors.biggan import Discriminator, Generator
 from dgp.priors.registry import Prior, load_prior
 from dgp.reconstruct import DGPReconstructor
 from dgp.schedule import Schedule, Stage
@@ -80,6 +84,45 @@ def stage_table(prior: Prior, preset: str, seed: int) -> tuple[list[str], float]
     lines.append(f"| set-up and results (target features, copies) | - | - | {rest:.2f} | - | {100 * rest / wall:.0f}% |")
     lines.append(f"| **total** | {schedule.total_iterations} | | **{wall:.2f}** | | |")
     return lines, wall
+
+
+def thin_prior(prior: Prior, channels: int = 8) -> Prior:
+    """The prior's architecture with random weights and its narrowest layers ``channels`` wide (8: the least
+    that keeps one channel in attention's projections): the same operators as the prior, nearly no arithmetic."""
+    config = prior.G.config
+    g_last = prior.G.output_layer[0].gain.numel()
+    d_first = prior.D.blocks[0][0].conv1.out_channels
+    thin = dataclasses.replace(config, G_ch=math.ceil(channels * config.G_ch / g_last),
+                               D_ch=math.ceil(channels * config.D_ch / d_first))
+    return Prior(name=f"{prior.name} (thin)", G=Generator(thin).eval(), D=Discriminator(thin).eval(),
+                 class_names=prior.class_names, card={})
+
+
+def step_seconds(prior: Prior, steps: int) -> float:
+    """Wall seconds of one fully-open single-image optimisation step (after a warm-up run)."""
+    size = (prior.resolution, prior.resolution)
+    deg = parse_degradation("gray", size=size)
+    obs = deg.observe(torch.zeros(1, 3, *size))
+    schedule = Schedule("floor", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+    rec = DGPReconstructor(prior, schedule)
+    rec(obs, deg, 0)
+    start = time.perf_counter()
+    rec(obs, deg, 0)
+    return (time.perf_counter() - start) / steps
+
+
+def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, float]:
+    """Median seconds per single-image step of the prior and of its :func:`thin_prior`, in interleaved rounds.
+
+    The thin model issues the same operators with almost no arithmetic, so its step time is what issuing
+    them costs (Python, dispatch, autograd, allocation, thread wake-ups): a floor no smaller kernel can lower.
+    """
+    thin = thin_prior(prior)
+    full_times, thin_times = [], []
+    for _ in range(rounds):
+        full_times.append(step_seconds(prior, steps))
+        thin_times.append(step_seconds(thin, steps))
+    return statistics.median(full_times), statistics.median(thin_times)
 
 
 Breakdown = tuple[dict[str, float], float, float, float, list[tuple[str, str, float]]]
@@ -139,7 +182,7 @@ def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optim
     return lines
 
 
-def reading(single: Breakdown, batched: Breakdown, batch: int) -> list[str]:
+def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[float, float]) -> list[str]:
     """Plain-language conclusions drawn from this run's figures."""
     def parts(result: Breakdown) -> tuple[float, float, float]:
         totals, op_time, wall = result[:3]
@@ -151,7 +194,12 @@ def reading(single: Breakdown, batched: Breakdown, batch: int) -> list[str]:
         f"- One image: convolutions are {100 * conv1:.0f}% of the operator time; the rest is many small "
         f"operators (element-wise arithmetic, views, the spectral-norm matrix products), and about "
         f"{100 * over1:.0f}% of the wall time is outside operators (Python, autograd, dispatch). At 32 px the "
-        "layers are tiny (64 channels, 4x4 to 32x32), so per-operator overhead is a large part of a step.",
+        "layers are tiny (64 channels, 4x4 to 32x32), so per-operator overhead is a large part of a step: the "
+        f"same architecture with 8-channel layers (random weights, the same operators) takes "
+        f"{1e3 * floor[1]:.1f} ms a step against {1e3 * floor[0]:.1f} ms for the prior (medians of interleaved "
+        f"rounds), so about {100 * floor[1] / floor[0]:.0f}% of a single-image step is the cost of issuing "
+        "operators, not arithmetic. Faster kernels cannot lower that floor; fewer operators, or compiling "
+        "the step, can.",
         f"- {batch} images at once: convolutions grow to {100 * convb:.0f}% of the operator time and the "
         f"overhead outside operators falls to {100 * overb:.0f}%; a step of the batch costs "
         f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
@@ -159,8 +207,8 @@ def reading(single: Breakdown, batched: Breakdown, batch: int) -> list[str]:
         "image can change (the untuned output layer, spectral- and batch-norm buffers) is shared, so it runs as "
         "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products.",
         "- The layers compute BigGAN's values in a cheaper order (README, 'Same values, less work'): G's "
-        "upsample-then-convolve at 32 px runs as 2x2 convolutions of the 16-px image (4 phases, 4x the "
-        "output channels), D's convolve-then-pool as one stride-2 convolution, and the process "
+        "upsample-then-convolve at 32 px runs as one stride-2 transposed convolution of the 16-px image with "
+        "a 4x4 kernel, D's convolve-then-pool as one stride-2 convolution, and the process "
         "keeps freed memory for reuse (`dgp.allocator`), which removes the page faults of the batch's "
         "multi-megabyte temporaries.",
         "- Every stage costs the same per step whatever the number of open blocks: as in the released code, "
@@ -190,6 +238,7 @@ def main() -> None:
     print("\n".join(stages))
     single = operator_breakdown(prior, 1, args.steps)
     batched = operator_breakdown(prior, args.batch, args.steps)
+    floor = overhead_floor(prior, args.steps)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
@@ -203,7 +252,7 @@ def main() -> None:
             "### Single image (lean path)", "", *breakdown_table(*single, args.steps, 1), "",
             f"### {args.batch} images at once (batched path, per step of the whole batch)", "",
             *breakdown_table(*batched, args.steps, args.batch), ""]
-    text += ["## Reading", "", *reading(single, batched, args.batch), ""]
+    text += ["## Reading", "", *reading(single, batched, args.batch, floor), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(text))
     print("\n".join(text[-30:]))

@@ -1,7 +1,7 @@
 """The faster formulations of BigGAN's layers compute what the original ones compute (issue: speed).
 
 Each is compared, in float64 so that only the order of additions can differ, with the formulation of the
-original code: upsample-then-convolve, convolve-then-pool, ``interpolate``, batch norm then the affine.
+original code: upsample-then-convolve, convolve-then-pool, batch norm then the affine.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dgp.priors.layers import (
     GBlock,
     SNConv2d,
     pooled_conv3x3,
-    upsample2x,
     upsampled_conv3x3,
 )
 
@@ -63,29 +62,20 @@ def test_pooled_conv_equals_convolve_then_pool(shape):
                                rtol=1e-12, atol=1e-12)
 
 
-def test_upsample2x_equals_nearest_interpolation():
-    x = _randn(2, 3, 5, 4).requires_grad_(True)
-    ours, theirs = upsample2x(x), F.interpolate(x, scale_factor=2)
-    assert torch.equal(ours, theirs)
-    g = _randn(*theirs.shape)
-    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0])
-
-
 def test_layers_work_per_sample_under_vmap():
     """The batched engine runs these layers per image with per-image weights (vmap)."""
     x, w, b = _randn(3, 2, 4, 4), _randn(3, 5, 2, 3, 3), _randn(3, 5)
     batched = vmap(lambda x, w, b: upsampled_conv3x3(x[None], w, b)[0])(x, w, b)
     looped = torch.stack([upsampled_conv3x3(x[i:i + 1], w[i], b[i])[0] for i in range(3)])
     torch.testing.assert_close(batched, looped)
-    torch.testing.assert_close(vmap(lambda x: upsample2x(x[None])[0])(x), upsample2x(x))
 
 
 @pytest.mark.parametrize("min_side", [1, 10**6])
 def test_sn_conv_forward_upsampled_and_pooled(min_side):
-    """Both paths of :meth:`SNConv2d.forward_upsampled` (phases or upsample first) and the pooled path agree
+    """Both paths of :meth:`SNConv2d.forward_upsampled` (transposed convolution or upsample first) and the pooled path agree
     with the layer applied to the upsampled / before pooling input."""
     conv = SNConv2d(3, 4).double().eval()
-    conv.phase_upsampling_min_side = min_side
+    conv.upsampled_conv_min_side = min_side
     conv.pooled_max_channels = 4 if min_side == 1 else 0  # the strided convolution, or conv then pool
     x = _randn(2, 3, 6, 6)
     with torch.no_grad():
@@ -145,7 +135,7 @@ def _original_dblock(block: DBlock, x: torch.Tensor) -> torch.Tensor:
 def test_blocks_equal_the_original_order_of_operations(min_side):
     torch.manual_seed(0)
     g = GBlock(4, 3, 5, upsample=True).double().eval()
-    g.conv1.phase_upsampling_min_side = min_side
+    g.conv1.upsampled_conv_min_side = min_side
     for bn in (g.bn1, g.bn2):
         with torch.no_grad():
             bn.stored_mean.copy_(torch.rand(bn.stored_mean.shape, dtype=torch.float64))

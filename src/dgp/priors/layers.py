@@ -84,22 +84,34 @@ def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
             m.frozen_weight = None
 
 
-def _fold_taps(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """The two 2-tap kernels that a 3-tap kernel (along ``dim``) applies to a 2x nearest-upsampled signal.
+def _box_taps(flip: bool) -> Tensor:
+    """``(9, 16)`` 0/1 matrix taking a 3x3 kernel's taps (row-major) to the 4x4 kernel it becomes when summed
+    over 2x2 windows of its zero-padded self (tap ``t`` of a row feeds box taps ``t`` and ``t + 1``), flipped
+    in both directions when ``flip`` is set."""
+    one_dim = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    if flip:
+        one_dim = one_dim.flip(1)
+    return torch.einsum("uk,vl->uvkl", one_dim, one_dim).reshape(9, 16)
 
-    Output pixel ``2i`` sees input pixels ``i-1, i, i`` (taps 0, 1, 2), pixel ``2i+1`` sees ``i, i, i+1``.
-    """
-    k0, k1, k2 = weight.unbind(dim)
-    return torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)
+
+_POOLED_TAPS = _box_taps(flip=False) * 0.25  # constants: 3x3 -> 4x4 taps of the pooled convolution (a mean)
+_UPSAMPLED_TAPS = _box_taps(flip=True)  # ... and of the upsampled (transposed) convolution (a sum)
+
+
+def _apply_taps(weight: Tensor, taps: Tensor) -> Tensor:
+    """``(out, in, 3, 3) -> (out, in, 4, 4)`` through a ``(9, 16)`` tap matrix: one small matrix product."""
+    out_channels, in_channels = weight.shape[:2]
+    flat = weight.reshape(out_channels, in_channels, 9)
+    return (flat @ taps.to(weight)).reshape(out_channels, in_channels, 4, 4)
 
 
 def upsampled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``conv2d(interpolate(x, scale_factor=2), weight, bias, padding=1)`` without making the upsampled copy.
 
-    Each of the four output phases (even/odd row, even/odd column) of a 3x3 convolution of a 2x nearest-
-    upsampled image is a 2x2 convolution of the original image with taps summed from the 3x3 kernel; all four
-    run as one convolution with ``4 * out`` channels on ``x`` padded by one, then are interleaved. That is
-    4 instead of 9 multiply-adds per output (plus a one-pixel margin), and no upsampled input in memory.
+    A 3x3 convolution of a 2x nearest-upsampled image is a stride-2 transposed convolution of the original
+    image with a 4x4 kernel: output pixel ``2i + a`` sees input pixels ``i - 1, i`` (a = 0) or ``i, i + 1``
+    (a = 1) through taps summed from the 3x3 kernel. That is 4 instead of 9 multiply-adds per output and
+    input channel, in one operation, and no upsampled input in memory.
 
     Args:
         x: ``(B, in, H, W)``.
@@ -109,29 +121,8 @@ def upsampled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Returns:
         ``(B, out, 2H, 2W)``, equal to the upsample-then-convolve result up to float rounding.
     """
-    out_channels = weight.shape[0]
-    rows = _fold_taps(weight, 2)
-    kernels = torch.cat([phase for r in rows for phase in _fold_taps(r, 3)])  # (4 * out, in, 2, 2): 00 01 10 11
-    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, None if bias is None else bias.repeat(4))
-    h, w = x.shape[-2:]
-    # four maps (B, out, H+1, W+1), split apart first so that slicing them costs a quarter-size gradient each
-    maps = phases.unflatten(-3, (4, out_channels)).unbind(-4)
-    # phase (a, b) of output pixel (2i+a, 2j+b) sits at (i+a, j+b) of its map
-    grid = torch.stack([torch.stack([maps[2 * a + b][..., a:a + h, b:b + w] for b in (0, 1)], dim=-1)
-                        for a in (0, 1)], dim=-3)  # (B, out, H, 2, W, 2)
-    return grid.flatten(-2).flatten(-3, -2)
-
-
-def upsample2x(x: Tensor) -> Tensor:
-    """Nearest 2x upsampling ``(B, C, H, W) -> (B, C, 2H, 2W)``, the same values as
-    ``F.interpolate(x, scale_factor=2)``.
-
-    Written as a depthwise transposed convolution with a 2x2 kernel of ones: in a micro-benchmark on a CPU,
-    with 16 images under ``vmap``, forward and backward took about 60% of the time of ``interpolate`` (whose
-    backward is the same 2x2 sum), and the same for one image.
-    """
-    channels = x.shape[-3]
-    return F.conv_transpose2d(x, x.new_ones(channels, 1, 2, 2), stride=2, groups=channels)
+    kernel = _apply_taps(weight, _UPSAMPLED_TAPS).transpose(0, 1)  # (in, out, 4, 4), as transposed convs take it
+    return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
 
 
 def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -149,9 +140,7 @@ def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Returns:
         ``(B, out, H // 2, W // 2)``, equal to the convolve-then-pool result up to float rounding.
     """
-    kernel = (F.pad(weight, (0, 1, 0, 1)) + F.pad(weight, (1, 0, 0, 1)) + F.pad(weight, (0, 1, 1, 0))
-              + F.pad(weight, (1, 0, 1, 0))) * 0.25
-    return F.conv2d(x, kernel, bias, stride=2, padding=1)
+    return F.conv2d(x, _apply_taps(weight, _POOLED_TAPS), bias, stride=2, padding=1)
 
 
 class SNConv2d(nn.Conv2d, SpectralNorm):
@@ -160,12 +149,14 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     With ``pointwise_matmul`` set, a 1x1 convolution runs as a matrix product (same values). Under ``vmap``
     with per-sample weights that is a batched matrix product, about twice as fast on a CPU as the grouped
     convolution ``vmap`` makes otherwise; for plain batches the convolution is faster, hence off by default.
-    ``phase_upsampling_min_side`` chooses how :meth:`forward_upsampled` works, ``pooled_max_channels`` when
+    ``upsampled_conv_min_side`` chooses how :meth:`forward_upsampled` works, ``pooled_max_channels`` when
     :meth:`forward_pooled` uses one strided convolution.
     """
 
     pointwise_matmul: bool = False
-    phase_upsampling_min_side: int = 32  # measured: slower below 32 px, faster from 32 (1 or 16 images)
+    # measured on a CPU (64-channel 3x3, forward and backward): the transposed convolution is slower than
+    # upsample-then-convolve for 8- and 16-px outputs and faster from 32 px (1 or 16 images, 64 to 768 channels)
+    upsampled_conv_min_side: int = 32
     # measured on a CPU: the strided 4x4 convolution is ~1.7x faster for 64-96 channels, even at 192 and
     # slower from 384 (6x at 768 channels, 16 px), where oneDNN seems to leave its fast path
     pooled_max_channels: int = 128
@@ -185,14 +176,14 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     def forward_upsampled(self, x: Tensor) -> Tensor:
         """The convolution of ``x`` ``(B, in, H, W)`` upsampled 2x (nearest): ``(B, out, 2H, 2W)``.
 
-        A 3x3 convolution with padding 1 runs on the phases of the upsampled image (:func:`upsampled_conv3x3`)
-        when the output is at least :attr:`phase_upsampling_min_side` pixels wide; otherwise the input is upsampled and convolved as in BigGAN. The results agree up to
-        float rounding.
+        A 3x3 convolution with padding 1 runs as one stride-2 transposed convolution (:func:`upsampled_conv3x3`)
+        when the output is at least :attr:`upsampled_conv_min_side` pixels wide; otherwise the input is
+        upsampled and convolved as in BigGAN. The results agree up to float rounding.
         """
         side = 2 * x.shape[-1]
-        if side >= self.phase_upsampling_min_side and self._is_plain_3x3():
+        if side >= self.upsampled_conv_min_side and self._is_plain_3x3():
             return upsampled_conv3x3(x, self.normalized_weight(), self.bias)
-        return self(upsample2x(x))
+        return self(F.interpolate(x, scale_factor=2))
 
     def _is_plain_3x3(self) -> bool:
         return (self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
@@ -370,7 +361,7 @@ class GBlock(nn.Module):
         h = F.relu(self._norm(self.bn2, self.in2, h, y, use_in))
         self.in_ready = use_in
         if self.upsample:
-            x = upsample2x(x)
+            x = F.interpolate(x, scale_factor=2)
         return self.conv2(h) + x
 
 
