@@ -87,6 +87,14 @@ def test_sn_conv_forward_upsampled_and_pooled(min_side):
         torch.testing.assert_close(pointwise.forward_upsampled(x), pointwise(F.interpolate(x, scale_factor=2)))
 
 
+def test_fused_path_constants_move_with_the_layer_and_are_not_saved():
+    """The tap matrices live on the layer's device and dtype (no copy per step) and stay out of checkpoints."""
+    conv = SNConv2d(3, 4).double()
+    assert conv.upsampled_taps.dtype == conv.pooled_taps.dtype == torch.float64
+    assert not {"upsampled_taps", "pooled_taps"} & set(conv.state_dict())
+    assert not hasattr(SNConv2d(3, 4, 1, padding=0), "upsampled_taps")
+
+
 def test_conditional_batch_norm_eval_folds_into_one_affine():
     bn = ConditionalBatchNorm(4, 6).double().eval()
     with torch.no_grad():

@@ -94,18 +94,24 @@ def _box_taps(flip: bool) -> Tensor:
     return torch.einsum("uk,vl->uvkl", one_dim, one_dim).reshape(9, 16)
 
 
-_POOLED_TAPS = _box_taps(flip=False) * 0.25  # constants: 3x3 -> 4x4 taps of the pooled convolution (a mean)
-_UPSAMPLED_TAPS = _box_taps(flip=True)  # ... and of the upsampled (transposed) convolution (a sum)
+def upsampled_taps() -> Tensor:
+    """``(9, 16)`` taps of the transposed convolution that :func:`upsampled_conv3x3` runs (a flipped sum)."""
+    return _box_taps(flip=True)
+
+
+def pooled_taps() -> Tensor:
+    """``(9, 16)`` taps of the strided convolution that :func:`pooled_conv3x3` runs (a mean)."""
+    return _box_taps(flip=False) * 0.25
 
 
 def _apply_taps(weight: Tensor, taps: Tensor) -> Tensor:
     """``(out, in, 3, 3) -> (out, in, 4, 4)`` through a ``(9, 16)`` tap matrix: one small matrix product."""
     out_channels, in_channels = weight.shape[:2]
     flat = weight.reshape(out_channels, in_channels, 9)
-    return (flat @ taps.to(weight)).reshape(out_channels, in_channels, 4, 4)
+    return (flat @ taps).reshape(out_channels, in_channels, 4, 4)
 
 
-def upsampled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def upsampled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor | None = None) -> Tensor:
     """``conv2d(interpolate(x, scale_factor=2), weight, bias, padding=1)`` without making the upsampled copy.
 
     A 3x3 convolution of a 2x nearest-upsampled image is a stride-2 transposed convolution of the original
@@ -117,15 +123,18 @@ def upsampled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         x: ``(B, in, H, W)``.
         weight: ``(out, in, 3, 3)``.
         bias: ``(out,)`` or ``None``.
+        taps: :func:`upsampled_taps` on the weight's device and dtype (made here when not given; layers keep
+            theirs as a buffer, so that no step copies a constant to the device).
 
     Returns:
         ``(B, out, 2H, 2W)``, equal to the upsample-then-convolve result up to float rounding.
     """
-    kernel = _apply_taps(weight, _UPSAMPLED_TAPS).transpose(0, 1)  # (in, out, 4, 4), as transposed convs take it
+    taps = upsampled_taps().to(weight) if taps is None else taps
+    kernel = _apply_taps(weight, taps).transpose(0, 1)  # (in, out, 4, 4), as transposed convolutions take it
     return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
 
 
-def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor | None = None) -> Tensor:
     """``avg_pool2d(conv2d(x, weight, bias, padding=1), 2)`` as one stride-2 convolution.
 
     Averaging 2x2 blocks of a 3x3 convolution's output is a 4x4 convolution (the kernel convolved with the
@@ -140,7 +149,8 @@ def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Returns:
         ``(B, out, H // 2, W // 2)``, equal to the convolve-then-pool result up to float rounding.
     """
-    return F.conv2d(x, _apply_taps(weight, _POOLED_TAPS), bias, stride=2, padding=1)
+    taps = pooled_taps().to(weight) if taps is None else taps
+    return F.conv2d(x, _apply_taps(weight, taps), bias, stride=2, padding=1)
 
 
 class SNConv2d(nn.Conv2d, SpectralNorm):
@@ -154,7 +164,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     """
 
     pointwise_matmul: bool = False
-    # measured on a CPU (64-channel 3x3, forward and backward): the transposed convolution is slower than
+    # micro-benchmark on a CPU (3x3, forward and backward): the transposed convolution is slower than
     # upsample-then-convolve for 8- and 16-px outputs and faster from 32 px (1 or 16 images, 64 to 768 channels)
     upsampled_conv_min_side: int = 32
     # measured on a CPU: the strided 4x4 convolution is ~1.7x faster for 64-96 channels, even at 192 and
@@ -165,6 +175,9 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
                  bias: bool = True, eps: float = 1e-6) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         self._init_sn(out_channels, eps)
+        if kernel_size == 3:  # constants of the fused paths; not saved, moved to the device with the layer
+            self.register_buffer("upsampled_taps", upsampled_taps(), persistent=False)
+            self.register_buffer("pooled_taps", pooled_taps(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.normalized_weight()
@@ -182,7 +195,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         """
         side = 2 * x.shape[-1]
         if side >= self.upsampled_conv_min_side and self._is_plain_3x3():
-            return upsampled_conv3x3(x, self.normalized_weight(), self.bias)
+            return upsampled_conv3x3(x, self.normalized_weight(), self.bias, self.upsampled_taps)
         return self(F.interpolate(x, scale_factor=2))
 
     def _is_plain_3x3(self) -> bool:
@@ -194,7 +207,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         convolution for a 3x3 kernel with at most :attr:`pooled_max_channels` inputs (:func:`pooled_conv3x3`),
         equal up to float rounding."""
         if self._is_plain_3x3() and self.in_channels <= self.pooled_max_channels:
-            return pooled_conv3x3(x, self.normalized_weight(), self.bias)
+            return pooled_conv3x3(x, self.normalized_weight(), self.bias, self.pooled_taps)
         return F.avg_pool2d(self(x), 2)
 
 
