@@ -136,6 +136,10 @@ def main() -> None:
                             on_event=lambda e: times.append(time.perf_counter() - t0) if e.kind == "row" else None)
         rows = Manifest(out).read()
         restore_s = [r.timings.get("restore", 0.0) for r in rows.values() if r.status == "ok"]
+        failed = [r for r in rows.values() if r.status != "ok"]
+        if failed:  # a figure over failed images would mean nothing
+            sys.exit(f"{label}: {len(failed)} of {len(rows)} images failed, first: {failed[0].name}: "
+                     f"{failed[0].error}")
         files = {p.name: p.read_bytes() for p in (out / OUTPUTS_FOLDER).iterdir()}
         if reference is None or files == reference:
             same = "yes"
