@@ -72,8 +72,8 @@ def test_layers_work_per_sample_under_vmap():
 
 @pytest.mark.parametrize("min_side", [1, 10**6])
 def test_sn_conv_forward_upsampled_and_pooled(min_side):
-    """Both paths of :meth:`SNConv2d.forward_upsampled` (transposed convolution or upsample first) and the pooled path agree
-    with the layer applied to the upsampled / before pooling input."""
+    """Both paths of :meth:`SNConv2d.forward_upsampled` (transposed convolution or upsample first) and the
+    pooled path agree with the layer applied to the upsampled / before pooling input."""
     conv = SNConv2d(3, 4).double().eval()
     conv.upsampled_conv_min_side = min_side
     conv.pooled_max_channels = 4 if min_side == 1 else 0  # the strided convolution, or conv then pool
