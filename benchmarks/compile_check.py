@@ -8,7 +8,7 @@ Compiles the loss of one lean single-image step (generator forward, degradation,
 feature distance; the backward pass through AOTAutograd) and times, eager and compiled: the first call
 (for the compiled one, tracing and code generation), and steady-state forward plus backward per step. Run it
 twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER`` survives the process.
-Prints its figures; writes nothing. The engine does not compile (see docs/profile.md for why).
+Prints its figures; writes nothing. The engine does not compile (the README's Speed paragraph says why).
 """
 
 from __future__ import annotations
