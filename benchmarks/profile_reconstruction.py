@@ -22,6 +22,7 @@ import platform
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -98,16 +99,30 @@ def thin_prior(prior: Prior, channels: int = 8) -> Prior:
                  class_names=prior.class_names, card={})
 
 
-def step_seconds(prior: Prior, steps: int) -> float:
-    """Wall seconds of one fully-open single-image optimisation step (after a warm-up run)."""
+def fully_open_run(prior: Prior, batch: int, steps: int) -> Callable[[], None]:
+    """A reconstruction of ``batch`` zero images (grayscale observations) by ``steps`` fully-open optimisation
+    steps with the D-feature loss and no latent search: what the timings of a step run."""
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
     obs = deg.observe(torch.zeros(1, 3, *size))
-    schedule = Schedule("floor", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+    schedule = Schedule("profile", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
     rec = DGPReconstructor(prior, schedule)
-    rec(obs, deg, 0)
+
+    def run() -> None:
+        if batch == 1:
+            rec(obs, deg, 0)
+        else:
+            rec.batch([obs] * batch, deg, [0] * batch)
+
+    return run
+
+
+def step_seconds(prior: Prior, steps: int) -> float:
+    """Wall seconds of one fully-open single-image optimisation step (after a warm-up run)."""
+    run = fully_open_run(prior, 1, steps)
+    run()
     start = time.perf_counter()
-    rec(obs, deg, 0)
+    run()
     return (time.perf_counter() - start) / steps
 
 
@@ -135,18 +150,7 @@ def operator_breakdown(prior: Prior, batch: int, steps: int, top: int = 8) -> Br
     without the profiler, the time inside the optimizers' ``step`` (all their operators), and the ``top``
     costliest operators by name and input shapes (seconds).
     """
-    size = (prior.resolution, prior.resolution)
-    deg = parse_degradation("gray", size=size)
-    obs = deg.observe(torch.zeros(1, 3, *size))
-    schedule = Schedule("profile", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
-    rec = DGPReconstructor(prior, schedule)
-
-    def run() -> None:
-        if batch == 1:
-            rec(obs, deg, 0)
-        else:
-            rec.batch([obs] * batch, deg, [0] * batch)
-
+    run = fully_open_run(prior, batch, steps)
     run()  # warm-up
     start = time.perf_counter()
     run()

@@ -145,6 +145,7 @@ def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor 
         x: ``(B, in, H, W)``.
         weight: ``(out, in, 3, 3)``.
         bias: ``(out,)`` or ``None``.
+        taps: :func:`pooled_taps` on the weight's device and dtype (made here when not given).
 
     Returns:
         ``(B, out, H // 2, W // 2)``, equal to the convolve-then-pool result up to float rounding.
