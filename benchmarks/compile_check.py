@@ -22,7 +22,7 @@ import torch
 from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
 from dgp.objective import Objective
-from dgp.priors.layers import frozen_spectral_norm
+from dgp.priors.layers import constant_network
 from dgp.priors.registry import load_prior
 from dgp.reconstruct import TunedGenerator
 
@@ -39,7 +39,7 @@ def main() -> None:
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
     obs = deg.observe(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    with frozen_spectral_norm(prior.D):
+    with constant_network(prior.D):
         objective = Objective(prior.D, deg.lift(obs, size))
         tuned = TunedGenerator(prior.G, torch.zeros(1, dtype=torch.long), True, True)
         params = [p for group in tuned.groups for p in group]

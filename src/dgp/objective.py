@@ -54,6 +54,8 @@ class Objective:
 
     The target's features are computed once, here, and never change. D's weights are held constant: gradients
     flow to the images only, never into ``D`` (the prior's discriminator gets no ``.grad`` and no backward work).
+    Inside :func:`dgp.priors.layers.constant_network` (as reconstructions run it) ``D`` is called directly;
+    otherwise through ``functional_call`` with detached weights, which costs more operators per call.
     """
 
     def __init__(self, D: Discriminator, target: Tensor) -> None:
@@ -78,7 +80,10 @@ class Objective:
 
     def features(self, x: Tensor, count: int) -> Tensor:
         """Feature distance ``(B,)`` of degraded images ``x`` ``(B, 3, R, R)`` to the target."""
-        features = torch.func.functional_call(self.D, self._constant_weights, (x,))[1]
+        if any(p.requires_grad for p in self.D.parameters()):
+            features = torch.func.functional_call(self.D, self._constant_weights, (x,))[1]
+        else:
+            features = self.D(x)[1]
         return feature_distance(features, self.target_features, count)
 
     def __call__(self, x: Tensor, z: Tensor, feature_count: int, w_D: float, w_mse: float,

@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
-from dgp.priors.layers import FrozenInstanceNorm, SNConv2d, frozen_spectral_norm
+from dgp.priors.layers import FrozenInstanceNorm, SNConv2d, SpectralNorm, constant_network
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
 
@@ -140,8 +140,24 @@ def search_latent(prior: Prior, objective: Objective, degradation: Degradation, 
     return z_all[best:best + 1].to(device), int(y_all[best])
 
 
+def freeze_untuned(G: Generator, tuned: set[int]) -> None:
+    """Make the parameters of ``G`` whose ids are not in ``tuned`` constants: no gradient, and for spectral-norm
+    layers with no tuned weight, the normalised weight computed once (``G`` is a private copy, in eval mode)."""
+    for p in G.parameters():
+        if id(p) not in tuned:
+            p.requires_grad_(False)
+    with torch.no_grad():
+        for layer in G.modules():
+            if isinstance(layer, SpectralNorm) and id(layer.weight) not in tuned:
+                layer.frozen_weight = layer.normalized_weight().detach()
+
+
 class TunedGenerator:
-    """One tuned copy of the prior's generator for one image (the lean single-image path)."""
+    """One tuned copy of the prior's generator for one image (the lean single-image path).
+
+    Parameters that no stage tunes (the output layer unless the schedule tunes it, the class embedding unless
+    it is updated) are constants of the copy: no gradient is computed for them.
+    """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
         self.G = copy.deepcopy(G).eval()
@@ -149,6 +165,7 @@ class TunedGenerator:
         self.class_ids = class_ids
         groups = self.G.param_groups(with_embedding=update_embed)
         self.groups = groups if tune_output_layer else groups[:-1]
+        freeze_untuned(self.G, {id(p) for g in self.groups for p in g})
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
         return self.G(z, self.G.shared(self.class_ids), use_in=use_in)
@@ -189,6 +206,7 @@ class StackedGenerators:
         def stack(t: Tensor, grad: bool) -> Tensor:
             return t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())).clone().requires_grad_(grad)
 
+        freeze_untuned(self.G, {id(p) for n, p in self.G.named_parameters() if n in tuned})
         self.params = {n: stack(p, True) for n, p in self.G.named_parameters() if n in tuned}
         self.buffers = {n: stack(t, False) for n, t in self.G.named_buffers() if n in per_image}
         self.fixed = {n: p.detach() for n, p in self.G.named_parameters() if n not in tuned}
@@ -349,7 +367,7 @@ class DGPReconstructor:
 
         t0 = time.perf_counter()
         targets = torch.cat([d.lift(o, size) for o, d in zip(observations, degradations)])
-        with frozen_spectral_norm(prior.D):
+        with constant_network(prior.D):
             objective = Objective(prior.D, targets)
             starts = [search_latent(prior, objective.subset(i), d, schedule, c,
                                     g if g is not None else torch.Generator().manual_seed(0), callback=emit)

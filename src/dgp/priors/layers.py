@@ -54,15 +54,24 @@ class SpectralNorm:
         self.register_buffer("sv0", torch.ones(1))  # type: ignore[attr-defined]
 
     def normalized_weight(self) -> Tensor:
-        if self.frozen_weight is not None and not self.training:
-            return self.frozen_weight
+        if not self.training:
+            return self.frozen_weight if self.frozen_weight is not None else self._eval_normalized_weight()
         sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
-        if self.training:
-            with torch.no_grad():
-                self.u0.copy_(u_new)  # type: ignore[attr-defined]
-                self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
+        with torch.no_grad():
+            self.u0.copy_(u_new)  # type: ignore[attr-defined]
+            self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
         # one reciprocal and a product: cheaper than a division of the whole weight, forward and backward
         return self.weight * sigma.reciprocal()
+
+    def _eval_normalized_weight(self) -> Tensor:
+        """``weight / sigma`` as :func:`spectral_sigma` estimates sigma, in fewer operators (eval mode, where the
+        new ``u`` is not stored): with ``a = u W`` held constant, ``v = a / |a|`` and ``sigma = |v W^T|`` (that
+        function's ``(v W^T) . normalize(v W^T)``, with the same gradient), so ``1 / sigma = |a| / |a W^T|``."""
+        w = self.weight.reshape(self.weight.shape[0], -1)
+        with torch.no_grad():
+            a = self.u0 @ w  # type: ignore[attr-defined]
+            a_norm = torch.linalg.vector_norm(a).clamp_min(self.sn_eps)
+        return self.weight * (a_norm / torch.linalg.vector_norm(a @ w.t()))
 
 
 @contextmanager
@@ -82,6 +91,22 @@ def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.frozen_weight = None
+
+
+@contextmanager
+def constant_network(module: nn.Module) -> Iterator[None]:
+    """Within the block, ``module`` (in eval mode) is a constant function: its spectral norms are frozen
+    (:func:`frozen_spectral_norm`) and none of its parameters requires a gradient, so that backward passes
+    through it compute input gradients only. The parameters' ``requires_grad`` flags are restored after."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    with frozen_spectral_norm(module):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def _box_taps(flip: bool) -> Tensor:
