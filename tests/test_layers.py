@@ -1,11 +1,12 @@
 """The faster formulations of BigGAN's layers compute what the original ones compute (issue: speed).
 
 Each is compared, in float64 so that only the order of additions can differ, with the formulation of the
-original code: upsample-then-convolve, convolve-then-pool, batch norm then the affine.
+original code: upsample-then-convolve, convolve-then-pool, batch norm then the affine, BigGAN's power iteration.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import platform
 import sys
@@ -21,7 +22,12 @@ from dgp.priors.layers import (
     DBlock,
     GBlock,
     SNConv2d,
+    SNLinear,
+    constant_network,
+    frozen_spectral_norm,
+    grouped_spectral_norm,
     pooled_conv3x3,
+    spectral_sigma,
     upsampled_conv3x3,
 )
 
@@ -93,6 +99,88 @@ def test_fused_path_constants_move_with_the_layer_and_are_not_saved():
     assert conv.upsampled_taps.dtype == conv.pooled_taps.dtype == torch.float64
     assert not {"upsampled_taps", "pooled_taps"} & set(conv.state_dict())
     assert not hasattr(SNConv2d(3, 4, 1, padding=0), "upsampled_taps")
+
+
+def _biggan_sn_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """BigGAN-PyTorch's eval-mode spectral norm: one power iteration from ``u``, then ``W / sigma`` with
+    ``sigma = (v W^T) . normalize(v W^T)``, the new ``u`` held constant."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    with torch.no_grad():
+        v = F.normalize(layer.u0 @ w, eps=layer.sn_eps)
+    wv = v @ w.t()
+    sigma = (wv @ F.normalize(wv.detach(), eps=layer.sn_eps).t()).squeeze()
+    return layer.weight / sigma
+
+
+def test_eval_spectral_norm_equals_the_power_iteration():
+    layer = SNConv2d(3, 4).double().eval()
+    ours, theirs = layer.normalized_weight(), _biggan_sn_weight(layer)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(*ours.shape)
+    torch.testing.assert_close(torch.autograd.grad(ours, layer.weight, g)[0],
+                               torch.autograd.grad(theirs, layer.weight, g)[0], rtol=1e-12, atol=1e-12)
+    u = layer.u0.clone()
+    layer.train().normalized_weight()  # training mode stores its power iteration, eval mode never does
+    assert not torch.equal(layer.u0, u)
+    torch.testing.assert_close(layer.sv0, spectral_sigma(layer.weight, u, layer.sn_eps)[0].reshape(1))
+
+
+def test_grouped_spectral_norm_equals_each_layer_alone():
+    """Same-shaped weights share one batched power iteration: the same values and gradients as each layer's
+    own; other layers (a single shape, training mode, frozen) are left to compute theirs, and nothing stays
+    set after the block."""
+    torch.manual_seed(0)
+    net = torch.nn.ModuleList([SNLinear(5, 4), SNLinear(5, 4), SNLinear(5, 4), SNConv2d(3, 4), SNLinear(2, 3),
+                               SNLinear(5, 4), SNLinear(5, 4)]).double().eval()
+    net[5].train()
+    expected = [_biggan_sn_weight(m) for m in net]
+    with frozen_spectral_norm(net[6]), grouped_spectral_norm(net):
+        assert all(net[i].pass_weight is not None for i in (0, 1, 2))
+        assert all(net[i].pass_weight is None for i in (3, 4, 5, 6))
+        ours = [m.normalized_weight() for m in net[:5]]
+    assert all(m.pass_weight is None for m in net)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    grads = [_randn(*w.shape) for w in ours]
+    params = [m.weight for m in net[:5]]
+    for a, b in zip(torch.autograd.grad(ours, params, grads), torch.autograd.grad(expected[:5], params, grads)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+class _TwoLinears(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = SNLinear(5, 4), SNLinear(5, 4)
+
+    def forward(self, grouped: bool) -> torch.Tensor:
+        with grouped_spectral_norm(self) if grouped else contextlib.nullcontext():
+            return torch.stack([self.a.normalized_weight(), self.b.normalized_weight()])
+
+
+def test_grouped_spectral_norm_works_per_sample_under_vmap():
+    """The batched engine runs G, and so the grouped power iteration, with per-image weights."""
+    net = _TwoLinears().double().eval()
+    weights = {"a.weight": _randn(3, 4, 5), "b.weight": _randn(3, 4, 5) + 1}
+
+    def normalized(grouped: bool) -> torch.Tensor:
+        return vmap(lambda w: torch.func.functional_call(net, w, (grouped,)))(weights)
+
+    torch.testing.assert_close(normalized(True), normalized(False), rtol=1e-12, atol=1e-12)
+
+
+def test_constant_network_takes_parameters_off_the_graph_and_restores_them():
+    d = DBlock(3, 4, downsample=True, preactivation=False).double().eval()
+    d.conv1.bias.requires_grad_(False)
+    x = _randn(2, 3, 8, 8).requires_grad_(True)
+    expected = d(x)
+    with constant_network(d):
+        assert not any(p.requires_grad for p in d.parameters())
+        out = d(x)
+        out.sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert x.grad is not None and all(p.grad is None for p in d.parameters())
+    assert [p.requires_grad for p in d.parameters()] == [p is not d.conv1.bias for p in d.parameters()]
+    assert all(m.frozen_weight is None for m in (d.conv1, d.conv2, d.conv_sc))
 
 
 def test_conditional_batch_norm_eval_folds_into_one_affine():

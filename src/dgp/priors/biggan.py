@@ -22,6 +22,7 @@ from dgp.priors.layers import (
     SNConv2d,
     SNEmbedding,
     SNLinear,
+    grouped_spectral_norm,
 )
 
 RESOLUTIONS = (32, 64, 128, 256, 512)
@@ -186,6 +187,10 @@ class Generator(nn.Module):
             stage[0].in_ready = ready
 
     def forward(self, z: Tensor, y: Tensor, use_in: bool = False) -> Tensor:
+        with grouped_spectral_norm(self):
+            return self._forward(z, y, use_in)
+
+    def _forward(self, z: Tensor, y: Tensor, use_in: bool) -> Tensor:
         if self.config.hier:
             chunks = torch.split(z, self.z_chunk_size, dim=1)
             z = chunks[0]

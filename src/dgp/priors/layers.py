@@ -47,6 +47,7 @@ class SpectralNorm:
     training: bool
     sn_eps: float
     frozen_weight: Tensor | None = None  # set by :func:`frozen_spectral_norm` while weights cannot change
+    pass_weight: Tensor | None = None  # set by :func:`grouped_spectral_norm` for one forward pass
 
     def _init_sn(self, num_outputs: int, eps: float) -> None:
         self.sn_eps = eps
@@ -55,7 +56,10 @@ class SpectralNorm:
 
     def normalized_weight(self) -> Tensor:
         if not self.training:
-            return self.frozen_weight if self.frozen_weight is not None else self._eval_normalized_weight()
+            for ready in (self.frozen_weight, self.pass_weight):
+                if ready is not None:
+                    return ready
+            return self._eval_normalized_weight()
         sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
         with torch.no_grad():
             self.u0.copy_(u_new)  # type: ignore[attr-defined]
@@ -91,6 +95,44 @@ def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.frozen_weight = None
+
+
+# Weights up to this many elements are normalised in groups by :func:`grouped_spectral_norm`; larger ones
+# alone (their arithmetic outweighs the per-operator cost, and stacking would copy them).
+GROUPED_SPECTRAL_NORM_MAX_NUMEL = 1 << 14
+
+
+@contextmanager
+def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
+    """Within the block, the eval-mode spectral-norm layers of ``module`` with same-shaped weights share one
+    batched power iteration instead of a dozen small operators each, forward and backward.
+
+    The normalised weights are computed on entry, differentiably, for one forward pass (enter the block once
+    per pass, around it). Layers in training mode (which store their power iteration), frozen layers
+    (:func:`frozen_spectral_norm`) and weights above :data:`GROUPED_SPECTRAL_NORM_MAX_NUMEL` elements are
+    left to compute their own. Values equal :meth:`SpectralNorm.normalized_weight` up to float rounding.
+    """
+    groups: dict[tuple, list[SpectralNorm]] = {}
+    for m in module.modules():
+        if (isinstance(m, SpectralNorm) and not m.training and m.frozen_weight is None
+                and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
+            groups.setdefault((tuple(m.weight.shape), m.sn_eps), []).append(m)
+    layers = [m for group in groups.values() if len(group) > 1 for m in group]
+    for (shape, eps), group in groups.items():
+        if len(group) < 2:
+            continue
+        w = torch.stack([m.weight for m in group]).flatten(2)  # (k, out, in)
+        with torch.no_grad():
+            a = torch.stack([m.u0 for m in group]) @ w  # type: ignore[attr-defined]  # (k, 1, in)
+            a_norm = torch.linalg.vector_norm(a, dim=2, keepdim=True).clamp_min(eps)
+        scale = a_norm / torch.linalg.vector_norm(a @ w.transpose(1, 2), dim=2, keepdim=True)  # (k, 1, 1)
+        for m, weight in zip(group, (w * scale).unbind(0)):
+            m.pass_weight = weight.reshape(shape)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.pass_weight = None
 
 
 @contextmanager
