@@ -135,10 +135,10 @@ def test_grouped_spectral_norm_equals_each_layer_alone():
     net[5].train()
     expected = [_biggan_sn_weight(m) for m in net]
     with frozen_spectral_norm(net[6]), grouped_spectral_norm(net):
-        assert all(net[i].pass_weight is not None for i in (0, 1, 2))
-        assert all(net[i].pass_weight is None for i in (3, 4, 5, 6))
+        assert all(net[i].pass_inverse_sigma is not None for i in (0, 1, 2))
+        assert all(net[i].pass_inverse_sigma is None for i in (3, 4, 5, 6))
         ours = [m.normalized_weight() for m in net[:5]]
-    assert all(m.pass_weight is None for m in net)
+    assert all(m.pass_inverse_sigma is None for m in net)
     for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     grads = [_randn(*w.shape) for w in ours]

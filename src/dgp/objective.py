@@ -88,8 +88,17 @@ class Objective:
 
     def __call__(self, x: Tensor, z: Tensor, feature_count: int, w_D: float, w_mse: float,
                  w_nll: float) -> LossTerms:
-        """Loss of degraded generator output ``x`` ``(B, 3, R, R)`` with latents ``z`` ``(B, dim_z)``."""
-        feats = self.features(x, feature_count)
-        mse = per_sample_mean((x - self.target) ** 2)
-        nll = per_sample_mean(z**2 / 2)
+        """Loss of degraded generator output ``x`` ``(B, 3, R, R)`` with latents ``z`` ``(B, dim_z)``.
+
+        A term with weight 0 is computed for the record only, outside the autograd graph (no backward work);
+        when every weight is 0 all terms stay in the graph, so that the total can still be differentiated.
+        """
+        weights = (w_D, w_mse, w_nll)
+        in_graph = [torch.is_grad_enabled() and (w != 0 or not any(weights)) for w in weights]
+        with torch.set_grad_enabled(in_graph[0]):
+            feats = self.features(x, feature_count)
+        with torch.set_grad_enabled(in_graph[1]):
+            mse = per_sample_mean((x - self.target) ** 2)
+        with torch.set_grad_enabled(in_graph[2]):
+            nll = per_sample_mean(z**2 / 2)
         return LossTerms(w_D * feats + w_mse * mse + w_nll * nll, feats, mse, nll)

@@ -47,35 +47,40 @@ class SpectralNorm:
     training: bool
     sn_eps: float
     frozen_weight: Tensor | None = None  # set by :func:`frozen_spectral_norm` while weights cannot change
-    pass_weight: Tensor | None = None  # set by :func:`grouped_spectral_norm` for one forward pass
+    pass_inverse_sigma: Tensor | None = None  # set by :func:`grouped_spectral_norm` for one forward pass
 
     def _init_sn(self, num_outputs: int, eps: float) -> None:
         self.sn_eps = eps
         self.register_buffer("u0", torch.randn(1, num_outputs))  # type: ignore[attr-defined]
         self.register_buffer("sv0", torch.ones(1))  # type: ignore[attr-defined]
 
-    def normalized_weight(self) -> Tensor:
-        if not self.training:
-            for ready in (self.frozen_weight, self.pass_weight):
-                if ready is not None:
-                    return ready
-            return self._eval_normalized_weight()
-        sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            self.u0.copy_(u_new)  # type: ignore[attr-defined]
-            self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
-        # one reciprocal and a product: cheaper than a division of the whole weight, forward and backward
-        return self.weight * sigma.reciprocal()
+    def inverse_sigma(self) -> Tensor:
+        """``1 / sigma`` (a differentiable scalar) from one power iteration; stored in training mode only.
 
-    def _eval_normalized_weight(self) -> Tensor:
-        """``weight / sigma`` as :func:`spectral_sigma` estimates sigma, in fewer operators (eval mode, where the
-        new ``u`` is not stored): with ``a = u W`` held constant, ``v = a / |a|`` and ``sigma = |v W^T|`` (that
-        function's ``(v W^T) . normalize(v W^T)``, with the same gradient), so ``1 / sigma = |a| / |a W^T|``."""
+        In eval mode, where the new ``u`` is not kept, fewer operators compute the same value: with ``a = u W``
+        held constant, ``v = a / |a|`` and ``sigma = |v W^T|`` (:func:`spectral_sigma`'s
+        ``(v W^T) . normalize(v W^T)``, with the same gradient), so ``1 / sigma = |a| / |a W^T|``.
+        """
+        if self.training:
+            sigma, u_new = spectral_sigma(self.weight, self.u0, self.sn_eps)  # type: ignore[attr-defined]
+            with torch.no_grad():
+                self.u0.copy_(u_new)  # type: ignore[attr-defined]
+                self.sv0.copy_(sigma.detach())  # type: ignore[attr-defined]
+            return sigma.reciprocal()
+        if self.pass_inverse_sigma is not None:
+            return self.pass_inverse_sigma
         w = self.weight.reshape(self.weight.shape[0], -1)
         with torch.no_grad():
             a = self.u0 @ w  # type: ignore[attr-defined]
             a_norm = torch.linalg.vector_norm(a).clamp_min(self.sn_eps)
-        return self.weight * (a_norm / torch.linalg.vector_norm(a @ w.t()))
+        return a_norm / torch.linalg.vector_norm(a @ w.t())
+
+    def normalized_weight(self) -> Tensor:
+        """``weight / sigma`` (the frozen copy inside :func:`frozen_spectral_norm`)."""
+        if self.frozen_weight is not None and not self.training:
+            return self.frozen_weight
+        # one scalar and a product: cheaper than a division of the whole weight, forward and backward
+        return self.weight * self.inverse_sigma()
 
 
 @contextmanager
@@ -107,10 +112,10 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
     """Within the block, the eval-mode spectral-norm layers of ``module`` with same-shaped weights share one
     batched power iteration instead of a dozen small operators each, forward and backward.
 
-    The normalised weights are computed on entry, differentiably, for one forward pass (enter the block once
-    per pass, around it). Layers in training mode (which store their power iteration), frozen layers
+    The inverse singular values are computed on entry, differentiably, for one forward pass (enter the block
+    once per pass, around it). Layers in training mode (which store their power iteration), frozen layers
     (:func:`frozen_spectral_norm`) and weights above :data:`GROUPED_SPECTRAL_NORM_MAX_NUMEL` elements are
-    left to compute their own. Values equal :meth:`SpectralNorm.normalized_weight` up to float rounding.
+    left to compute their own. Values equal :meth:`SpectralNorm.inverse_sigma` up to float rounding.
     """
     groups: dict[tuple, list[SpectralNorm]] = {}
     for m in module.modules():
@@ -118,21 +123,21 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
                 and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
             groups.setdefault((tuple(m.weight.shape), m.sn_eps), []).append(m)
     layers = [m for group in groups.values() if len(group) > 1 for m in group]
-    for (shape, eps), group in groups.items():
+    for (_, eps), group in groups.items():
         if len(group) < 2:
             continue
         w = torch.stack([m.weight for m in group]).flatten(2)  # (k, out, in)
         with torch.no_grad():
             a = torch.stack([m.u0 for m in group]) @ w  # type: ignore[attr-defined]  # (k, 1, in)
-            a_norm = torch.linalg.vector_norm(a, dim=2, keepdim=True).clamp_min(eps)
-        scale = a_norm / torch.linalg.vector_norm(a @ w.transpose(1, 2), dim=2, keepdim=True)  # (k, 1, 1)
-        for m, weight in zip(group, (w * scale).unbind(0)):
-            m.pass_weight = weight.reshape(shape)
+            a_norm = torch.linalg.vector_norm(a, dim=(1, 2)).clamp_min(eps)
+        inverse = a_norm / torch.linalg.vector_norm(a @ w.transpose(1, 2), dim=(1, 2))  # (k,)
+        for m, value in zip(group, inverse.unbind(0)):
+            m.pass_inverse_sigma = value
     try:
         yield
     finally:
         for m in layers:
-            m.pass_weight = None
+            m.pass_inverse_sigma = None
 
 
 @contextmanager
@@ -287,7 +292,12 @@ class SNLinear(nn.Linear, SpectralNorm):
         self._init_sn(out_features, eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.normalized_weight(), self.bias)
+        """The product with the normalised weight, scaled on the output ``(B, out)``, which is smaller than the
+        weight: no weight-sized pass forward or backward (the same values up to rounding)."""
+        if self.frozen_weight is not None and not self.training:
+            return F.linear(x, self.frozen_weight, self.bias)
+        out = F.linear(x, self.weight) * self.inverse_sigma()
+        return out if self.bias is None else out + self.bias
 
 
 class SNEmbedding(nn.Embedding, SpectralNorm):
