@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
@@ -140,6 +141,31 @@ def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, fl
     return statistics.median(full_times), statistics.median(thin_times)
 
 
+class _OperatorCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active (forward, backward and optimizer alike)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operators_per_step(prior: Prior, batch: int, steps: int = 3) -> float:
+    """ATen operators dispatched per fully-open optimisation step of ``batch`` images: the difference of a
+    ``steps``-step and a 1-step run, so that set-up, the first step's optimizer state and read-backs cancel.
+    Unlike times, this count does not depend on the machine's load."""
+    counts = []
+    for n in (1, steps):
+        run = fully_open_run(prior, batch, n)
+        with _OperatorCounter() as counter:
+            run()
+        counts.append(counter.count)
+    return (counts[1] - counts[0]) / (steps - 1)
+
+
 Breakdown = tuple[dict[str, float], float, float, float, list[tuple[str, str, float]]]
 
 
@@ -186,7 +212,8 @@ def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optim
     return lines
 
 
-def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[float, float]) -> list[str]:
+def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[float, float],
+            operators: tuple[float, float]) -> list[str]:
     """Plain-language conclusions drawn from this run's figures."""
     def parts(result: Breakdown) -> tuple[float, float, float]:
         totals, op_time, wall = result[:3]
@@ -203,7 +230,9 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
         f"{1e3 * floor[1]:.1f} ms a step against {1e3 * floor[0]:.1f} ms for the prior (medians of interleaved "
         f"rounds), so about {100 * floor[1] / floor[0]:.0f}% of a single-image step is the cost of issuing "
         "operators, not arithmetic. Faster kernels cannot lower that floor; fewer operators, or compiling "
-        "the step, can.",
+        f"the step, can. A single-image step dispatches {operators[0]:,.0f} ATen operators (forward, backward "
+        f"and both Adam steps; {operators[1]:,.0f} for {batch} images at once), a count that does not depend "
+        "on the machine's load.",
         f"- {batch} images at once: convolutions grow to {100 * convb:.0f}% of the operator time and the "
         f"overhead outside operators falls to {100 * overb:.0f}%; a step of the batch costs "
         f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
@@ -212,9 +241,11 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
         "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products.",
         "- The layers compute BigGAN's values in a cheaper order (README, 'Same values, less work'): G's "
         "upsample-then-convolve at 32 px runs as one stride-2 transposed convolution of the 16-px image with "
-        "a 4x4 kernel, D's convolve-then-pool as one stride-2 convolution, and the process "
-        "keeps freed memory for reuse (`dgp.allocator`), which removes the page faults of the batch's "
-        "multi-megabyte temporaries.",
+        "a 4x4 kernel, D's convolve-then-pool as one stride-2 convolution; spectral norm's power iteration "
+        "is shared by same-shaped small weights and linear layers scale their output by 1/sigma rather than "
+        "their weight; inside a reconstruction D and G's untuned layers are constants (no parameter gradients) "
+        "and zero-weight loss terms stay out of the graph. The process keeps freed memory for reuse "
+        "(`dgp.allocator`), which removes the page faults of the batch's multi-megabyte temporaries.",
         "- Every stage costs the same per step whatever the number of open blocks: as in the released code, "
         "closed blocks keep learning rate 0 but still get gradients and Adam moment updates, so the state "
         "they bring into later stages matches the original. Skipping them would be faster but would change "
@@ -243,6 +274,7 @@ def main() -> None:
     single = operator_breakdown(prior, 1, args.steps)
     batched = operator_breakdown(prior, args.batch, args.steps)
     floor = overhead_floor(prior, args.steps)
+    operators = (operators_per_step(prior, 1), operators_per_step(prior, args.batch))
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
@@ -256,7 +288,7 @@ def main() -> None:
             "### Single image (lean path)", "", *breakdown_table(*single, args.steps, 1), "",
             f"### {args.batch} images at once (batched path, per step of the whole batch)", "",
             *breakdown_table(*batched, args.steps, args.batch), ""]
-    text += ["## Reading", "", *reading(single, batched, args.batch, floor), ""]
+    text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(text))
     print("\n".join(text[-30:]))

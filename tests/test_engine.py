@@ -146,6 +146,24 @@ def test_objective_terms_and_gradients(tiny_prior: Prior) -> None:
     assert all(p.grad is None for p in tiny_prior.D.parameters())
 
 
+def test_objective_keeps_zero_weight_terms_out_of_the_graph(tiny_prior: Prior) -> None:
+    """Terms with weight 0 are recorded with the same values but get no backward work, and the gradient of the
+    total is unchanged; with every weight 0 the total can still be differentiated."""
+    _, target = prior_image(tiny_prior, 0, seed=1)
+    objective = Objective(tiny_prior.D, target)
+    z = torch.randn(1, tiny_prior.G.dim_z, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    x = target.flip(-1).requires_grad_(True)
+    full = objective(x, z, 8, 1.0, 1e-12, 0.5)
+    lean = objective(x, z, 8, 1.0, 0.0, 0.5)
+    assert lean.mse.grad_fn is None and lean.features.grad_fn is not None and lean.nll.grad_fn is not None
+    torch.testing.assert_close(lean.mse, full.mse)
+    grads = [torch.autograd.grad(t.total.sum(), [x, z]) for t in (full, lean)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    none = objective(x, z, 8, 0.0, 0.0, 0.0)
+    assert none.total.requires_grad and none.features.grad_fn is not None
+
+
 # ---------------------------------------------------------------------------------------- latent search
 
 
