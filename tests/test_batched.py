@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgp.degradations import parse_degradation
-from dgp.reconstruct import DGPReconstructor
+from dgp.reconstruct import DGPReconstructor, StackedGenerators, TunedGenerator
 from dgp.reference import reference_reconstruct
 from dgp.schedule import PRESETS
 
@@ -92,3 +92,23 @@ def test_batched_shares_only_what_no_image_changes(tiny_prior, update_embed, tun
         assert torch.equal(b.generator_state["shared.weight"], prior_state["shared.weight"]) != update_embed
         conv = "output_layer.2.weight"
         assert torch.equal(b.generator_state[conv], prior_state[conv]) != tune_output_layer
+
+
+@pytest.mark.parametrize("kind", [TunedGenerator, StackedGenerators])
+@pytest.mark.parametrize("update_embed,tune_output_layer", [(False, False), (True, True)])
+def test_tuned_copies_make_untuned_parameters_constants(tiny_prior, kind, update_embed, tune_output_layer):
+    """What no stage tunes gets no gradient in the copy (and a spectral norm computed once); the prior keeps
+    its flags; everything in an optimizer group, open or closed, still gets its gradient."""
+    tuned = kind(tiny_prior.G, torch.zeros(2, dtype=torch.long), update_embed, tune_output_layer)
+    in_groups = {id(p) for g in tuned.groups for p in g}
+    z = torch.randn(2, tiny_prior.G.dim_z, generator=torch.Generator().manual_seed(0))
+    tuned(z, False).square().sum().backward()
+    assert all(p.grad is not None for g in tuned.groups for p in g)
+    conv = tuned.G.output_layer[2]
+    assert (conv.frozen_weight is None) == tune_output_layer
+    assert tuned.G.shared.weight.requires_grad == update_embed
+    if kind is TunedGenerator:
+        assert all(p.requires_grad == (id(p) in in_groups) for p in tuned.G.parameters())
+        assert all(p.grad is None for p in tuned.G.parameters() if id(p) not in in_groups)
+    assert all(p.requires_grad for p in tiny_prior.G.parameters())
+    assert all(getattr(m, "frozen_weight", None) is None for m in tiny_prior.G.modules())

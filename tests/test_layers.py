@@ -125,6 +125,17 @@ def test_eval_spectral_norm_equals_the_power_iteration():
     torch.testing.assert_close(layer.sv0, spectral_sigma(layer.weight, u, layer.sn_eps)[0].reshape(1))
 
 
+def test_linear_scales_its_output_by_the_inverse_sigma():
+    layer = SNLinear(5, 4).double().eval()
+    x = _randn(3, 5).requires_grad_(True)
+    ours, theirs = layer(x), F.linear(x, _biggan_sn_weight(layer), layer.bias)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(*ours.shape)
+    inputs = [x, layer.weight, layer.bias]
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_grouped_spectral_norm_equals_each_layer_alone():
     """Same-shaped weights share one batched power iteration: the same values and gradients as each layer's
     own; other layers (a single shape, training mode, frozen) are left to compute theirs, and nothing stays
