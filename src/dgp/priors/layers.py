@@ -117,27 +117,26 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
     (:func:`frozen_spectral_norm`) and weights above :data:`GROUPED_SPECTRAL_NORM_MAX_NUMEL` elements are
     left to compute their own. Values equal :meth:`SpectralNorm.inverse_sigma` up to float rounding.
     """
-    groups: dict[tuple, list[SpectralNorm]] = {}
+    by_shape: dict[tuple, list[SpectralNorm]] = {}
     for m in module.modules():
         if (isinstance(m, SpectralNorm) and not m.training and m.frozen_weight is None
                 and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
-            groups.setdefault((tuple(m.weight.shape), m.sn_eps), []).append(m)
-    layers = [m for group in groups.values() if len(group) > 1 for m in group]
-    for (_, eps), group in groups.items():
-        if len(group) < 2:
-            continue
+            by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append(m)
+    groups = [group for group in by_shape.values() if len(group) > 1]
+    for group in groups:
         w = torch.stack([m.weight for m in group]).flatten(2)  # (k, out, in)
         with torch.no_grad():
             a = torch.stack([m.u0 for m in group]) @ w  # type: ignore[attr-defined]  # (k, 1, in)
-            a_norm = torch.linalg.vector_norm(a, dim=(1, 2)).clamp_min(eps)
+            a_norm = torch.linalg.vector_norm(a, dim=(1, 2)).clamp_min(group[0].sn_eps)
         inverse = a_norm / torch.linalg.vector_norm(a @ w.transpose(1, 2), dim=(1, 2))  # (k,)
         for m, value in zip(group, inverse.unbind(0)):
             m.pass_inverse_sigma = value
     try:
         yield
     finally:
-        for m in layers:
-            m.pass_inverse_sigma = None
+        for group in groups:
+            for m in group:
+                m.pass_inverse_sigma = None
 
 
 @contextmanager
