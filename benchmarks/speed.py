@@ -216,7 +216,10 @@ def report(rows: list[dict], peak: float, threads: int, command: str, allocator:
              f"{allocator}. "
              f"Convolution peak measured in the same run: **{peak:.1f} GFLOP/s** (3x3 conv, 128 channels, 32x32, "
              "batch 16). An iteration is one optimisation step: G forward, degradation, D forward, backward, "
-             "two Adam steps. Throughput counts one image as the given number of iterations."
+             "two Adam steps. Throughput counts one image as the given number of iterations. Batches run "
+             "through `DGPReconstructor.batch` as the `dgp` command runs them: on a CPU the images are split "
+             "into one group per torch thread, each tuned in a thread of its own; one image is the lean "
+             "single-image path on all threads."
              + (f" Single-image and batched timings of the first prior are medians of {repeats} interleaved rounds, "
                 "with the range." if repeats > 1 else ""), ""]
     lines += targets(rows[0], peak)

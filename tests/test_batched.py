@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
 
 from dgp.degradations import parse_degradation
-from dgp.reconstruct import DGPReconstructor, StackedGenerators, TunedGenerator
+from dgp.reconstruct import DGPReconstructor, ReconstructionError, StackedGenerators, TunedGenerator, shard_sizes
 from dgp.reference import reference_reconstruct
 from dgp.schedule import PRESETS
 
@@ -40,9 +41,11 @@ def test_lean_path_equals_reference_loop(tiny_prior, preset, chain, fused_adam):
     torch.testing.assert_close(lean.image, image, **tolerance)
 
 
+@pytest.mark.parametrize("shards", [1, 2])
 @pytest.mark.parametrize("preset,chain", [("colorization", "gray"), ("sr-mse", "down4"),
                                           ("inpainting", "boxes2")])
-def test_batched_path_equals_one_at_a_time(tiny_prior, preset, chain):
+def test_batched_path_equals_one_at_a_time(tiny_prior, preset, chain, shards):
+    """All 3 images stacked in one group, or in a group of 2 and a lone image on two threads."""
     schedule = PRESETS[preset].scaled(iterations=0.02, candidates=0.02)
     clean = _clean(tiny_prior, 3)
     # one degradation per image (random boxes differ per image), one generator per image
@@ -50,7 +53,7 @@ def test_batched_path_equals_one_at_a_time(tiny_prior, preset, chain):
     obs = [d.observe(clean[i:i + 1]) for i, d in enumerate(degs)]
     rec = DGPReconstructor(tiny_prior, schedule)
     singles = [rec(o, d, None, torch.Generator().manual_seed(i)) for i, (o, d) in enumerate(zip(obs, degs))]
-    batch = rec.batch(obs, degs, None, [torch.Generator().manual_seed(i) for i in range(3)])
+    batch = rec.batch(obs, degs, None, [torch.Generator().manual_seed(i) for i in range(3)], shards=shards)
     for a, b in zip(singles, batch):
         assert a.class_id == b.class_id
         torch.testing.assert_close(b.image, a.image, rtol=1e-3, atol=1e-3)
@@ -112,3 +115,80 @@ def test_tuned_copies_make_untuned_parameters_constants(tiny_prior, kind, update
         assert all(p.grad is None for p in tuned.G.parameters() if id(p) not in in_groups)
     assert all(p.requires_grad for p in tiny_prior.G.parameters())
     assert all(getattr(m, "frozen_weight", None) is None for m in tiny_prior.G.modules())
+
+
+def test_shard_sizes_cover_the_batch_evenly():
+    assert shard_sizes(16, 2) == [8, 8]
+    assert shard_sizes(5, 2) == [3, 2]
+    assert shard_sizes(2, 8) == [1, 1]
+    assert shard_sizes(3, 1) == [3]
+    assert shard_sizes(4, 0) == [4]
+
+
+def test_one_image_per_shard_is_the_single_image_path(tiny_prior):
+    """Lone images in their own threads run the lean path: the numbers of one at a time with the same
+    number of intra-op threads (one each; the thread count changes the order of parallel sums), to within
+    the rounding of the targets' features, computed as one batch (1e-5 where stacked copies need 1e-3)."""
+    schedule = PRESETS["colorization"].scaled(iterations=0.02, candidates=0.02)
+    deg = parse_degradation("gray", size=(32, 32))
+    clean = _clean(tiny_prior, 2)
+    obs = [deg.observe(clean[i:i + 1]) for i in range(2)]
+    rec = DGPReconstructor(tiny_prior, schedule)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        singles = [rec(o, deg, None, torch.Generator().manual_seed(i)) for i, o in enumerate(obs)]
+    finally:
+        torch.set_num_threads(threads)
+    batch = rec.batch(obs, deg, None, [torch.Generator().manual_seed(i) for i in range(2)],
+                      shards=max(2, threads))
+    assert torch.get_num_threads() == threads
+    for a, b in zip(singles, batch):  # the targets' features, computed as one batch, round differently
+        torch.testing.assert_close(b.image, a.image, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.z, a.z, rtol=1e-5, atol=1e-5)
+
+
+def _no_shard_threads() -> bool:
+    return not any(t.name.startswith("dgp-shard-") for t in threading.enumerate())
+
+
+def test_a_failing_shard_fails_the_batch_and_stops_the_others(tiny_prior):
+    """A NaN loss in the second thread's image raises the reconstruction error; the first thread, which
+    could have gone on, stops at its next step, and the thread count is restored."""
+    schedule = PRESETS["colorization"].scaled(iterations=0.05, candidates=0.0)
+    deg = parse_degradation("gray", size=(32, 32))
+    clean = _clean(tiny_prior, 3)
+    obs = [deg.observe(clean[i:i + 1]) for i in range(3)]
+    obs[2] = torch.full_like(obs[2], float("nan"))
+    steps = []
+    rec = DGPReconstructor(tiny_prior, schedule, callbacks=[steps.append])
+    threads = torch.get_num_threads()
+    with pytest.raises(ReconstructionError, match="the loss became nan"):
+        rec.batch(obs, deg, [0, 1, 2], shards=2)
+    assert torch.get_num_threads() == threads
+    assert _no_shard_threads()
+    assert len(steps) < schedule.total_iterations
+
+
+def test_a_failing_callback_stops_every_shard(tiny_prior):
+    schedule = PRESETS["colorization"].scaled(iterations=0.05, candidates=0.0)
+    deg = parse_degradation("gray", size=(32, 32))
+    clean = _clean(tiny_prior, 4)
+
+    def cancel(event):
+        if event.step == 3:
+            raise KeyboardInterrupt
+
+    rec = DGPReconstructor(tiny_prior, schedule, callbacks=[cancel])
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        rec.batch([deg.observe(clean[i:i + 1]) for i in range(4)], deg, [0] * 4, shards=2)
+    assert torch.get_num_threads() == threads
+    assert _no_shard_threads()
+
+
+def test_shards_must_be_positive(tiny_prior):
+    deg = parse_degradation("gray", size=(32, 32))
+    obs = deg.observe(_clean(tiny_prior, 1))
+    with pytest.raises(ValueError, match="shards must be at least 1"):
+        DGPReconstructor(tiny_prior, PRESETS["colorization"]).batch([obs], deg, shards=0)

@@ -65,13 +65,15 @@ class Objective:
         with torch.no_grad():
             self.target_features = [f.detach() for f in D(target)[1]]
 
-    def subset(self, index: int) -> Objective:
-        """The objective of image ``index`` of a batched target (features sliced, not recomputed)."""
+    def subset(self, start: int, stop: int | None = None) -> Objective:
+        """The objective of images ``start`` to ``stop - 1`` (default: ``start`` alone) of a batched target
+        (features sliced, not recomputed)."""
+        stop = start + 1 if stop is None else stop
         part = Objective.__new__(Objective)
         part.D = self.D
         part._constant_weights = self._constant_weights
-        part.target = self.target[index:index + 1]
-        part.target_features = [f[index:index + 1] for f in self.target_features]
+        part.target = self.target[start:stop]
+        part.target_features = [f[start:stop] for f in self.target_features]
         return part
 
     @property

@@ -7,6 +7,7 @@ The prior is never modified: each reconstruction tunes its own copy of the gener
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from dgp.schedule import Schedule
 
 class ReconstructionError(RuntimeError):
     """A reconstruction that cannot go on (for example a loss that became NaN)."""
+
+
+class _Stopped(Exception):
+    """Ends a shard of a batch early because another shard of the same batch failed."""
 
 
 @dataclass
@@ -245,11 +250,13 @@ def _adam(groups: list[dict]) -> torch.optim.Adam:
 
 def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: Objective,
                degrade: Callable[[Tensor], Tensor], schedule: Schedule,
-               emit: Callable[[StepEvent], None] | None) -> tuple[list[list[dict[str, float]]], dict[str, float]]:
+               emit: Callable[[StepEvent], None] | None,
+               stop: threading.Event | None = None) -> tuple[list[list[dict[str, float]]], dict[str, float]]:
     """Optimise ``z`` ``(B, dim_z)`` (a leaf) and the tuned generators through the schedule's stages.
 
     ``degrade`` maps generator output ``(B, 3, R, R)`` to the degraded space at full size. Loss values are
-    read back once per stage (one host round trip), or every step when ``emit`` is given.
+    read back once per stage (one host round trip), or every step when ``emit`` is given. When ``stop`` is
+    set (by another shard of the same batch, which failed), the next step raises instead of running.
 
     Returns per-image loss histories and per-stage wall times.
     """
@@ -267,6 +274,8 @@ def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: 
         count = stage.feature_count(objective.num_features)
         records: list[Tensor] = []
         for _ in range(stage.iterations):
+            if stop is not None and stop.is_set():
+                raise _Stopped
             opt_G.zero_grad(set_to_none=True)
             opt_z.zero_grad(set_to_none=True)
             x = tuned(z, stage.use_in)
@@ -292,6 +301,77 @@ def run_stages(tuned: TunedGenerator | StackedGenerators, z: Tensor, objective: 
 
 
 LOSS_NAMES = ("loss", "features", "mse", "nll")
+
+
+def shard_sizes(batch: int, shards: int) -> list[int]:
+    """Sizes of ``min(batch, shards)`` (at least one) consecutive runs of a batch, differing by at most one."""
+    count = max(1, min(batch, shards))
+    return [batch // count + (i < batch % count) for i in range(count)]
+
+
+@dataclass
+class _Shard:
+    """Images ``start`` to ``stop - 1`` of a batch, tuned together (one thread's share of the batch)."""
+
+    start: int
+    stop: int
+    tuned: TunedGenerator | StackedGenerators
+    z: Tensor
+    objective: Objective
+    degrade: Callable[[Tensor], Tensor]
+    histories: list[list[dict[str, float]]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, schedule: Schedule, emit: Callable[[StepEvent], None] | None,
+            stop: threading.Event | None) -> None:
+        self.histories, self.timings = run_stages(self.tuned, self.z, self.objective, self.degrade, schedule,
+                                                  emit, stop)
+
+
+def _run_shards(shards: list[_Shard], schedule: Schedule, emit: Callable[[StepEvent], None] | None) -> None:
+    """Run every shard's stages: the first in the calling thread (the only one that calls ``emit``), each other
+    in a thread of its own, the caller's intra-op threads divided between them.
+
+    A shard that fails stops the others at their next step; its error is raised once all have ended.
+    """
+    if len(shards) == 1:
+        shards[0].run(schedule, emit, None)
+        return
+    previous = torch.get_num_threads()
+    each = max(1, previous // len(shards))
+    stop = threading.Event()
+    errors: list[BaseException | None] = [None] * len(shards)
+
+    def work(index: int) -> None:
+        torch.set_num_threads(each)  # this thread's own setting
+        try:
+            shards[index].run(schedule, None, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            errors[index] = exc
+            stop.set()
+
+    workers = [threading.Thread(target=work, args=(i,), name=f"dgp-shard-{i}", daemon=True)
+               for i in range(1, len(shards))]
+    torch.set_num_threads(each)
+    try:
+        for worker in workers:
+            worker.start()
+        shards[0].run(schedule, emit, stop)
+    except BaseException as exc:  # noqa: BLE001 - raised below, after the other shards have ended
+        errors[0] = exc
+        stop.set()
+    finally:
+        try:
+            for worker in workers:
+                worker.join()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            torch.set_num_threads(previous)
+    failures = [exc for exc in errors if exc is not None and not isinstance(exc, _Stopped)]
+    if failures:
+        raise failures[0]
 
 
 def _check_observation(prior: Prior, observation: Tensor, degradation: Degradation, class_id: int | None) -> None:
@@ -344,18 +424,27 @@ class DGPReconstructor:
 
     def batch(self, observations: Sequence[Tensor], degradations: Degradation | Sequence[Degradation],
               class_ids: Sequence[int | None] | None = None,
-              generators: Sequence[torch.Generator | None] | None = None) -> list[Result]:
-        """Reconstruct several images at once (arguments as for ``__call__``, one per image)."""
+              generators: Sequence[torch.Generator | None] | None = None,
+              shards: int | None = None) -> list[Result]:
+        """Reconstruct several images at once (arguments as for ``__call__``, one per image).
+
+        The images are tuned in ``shards`` groups at once, each in a thread of its own with its share of the
+        intra-op threads (``None``: one group per intra-op thread on a CPU, one group on other devices). On a
+        CPU two groups of 8 run faster than 16 images in one, and a lone image takes the single-image path.
+        Results do not depend on the grouping beyond float rounding.
+        """
         n = len(observations)
         degs = [degradations] * n if isinstance(degradations, torch.nn.Module) else list(degradations)
         ids = list(class_ids) if class_ids is not None else [None] * n
         gens = list(generators) if generators is not None else [None] * n
         if not n or not len(degs) == len(ids) == len(gens) == n:
             raise ValueError("batch needs at least one observation and one degradation, class and generator each")
-        return self._run(list(observations), degs, ids, gens, stacked=True)
+        if shards is not None and shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        return self._run(list(observations), degs, ids, gens, stacked=True, shards=shards)
 
     def _run(self, observations: list[Tensor], degradations: list[Degradation], class_ids: list[int | None],
-             generators: list[torch.Generator | None], stacked: bool) -> list[Result]:
+             generators: list[torch.Generator | None], stacked: bool, shards: int | None = 1) -> list[Result]:
         prior, schedule = self.prior, self.schedule
         size = (prior.resolution, prior.resolution)
         device = next(prior.G.parameters()).device
@@ -373,26 +462,39 @@ class DGPReconstructor:
                                     g if g is not None else torch.Generator().manual_seed(0), callback=emit)
                       for i, (d, c, g) in enumerate(zip(degradations, class_ids, generators))]
             search_time = time.perf_counter() - t0
-            z = torch.cat([s[0] for s in starts]).clone().requires_grad_(True)
+            z_all = torch.cat([s[0] for s in starts])
             ids = torch.tensor([s[1] for s in starts], device=device)
-            kind = StackedGenerators if stacked else TunedGenerator
-            tuned = kind(prior.G, ids, schedule.update_embed, schedule.tune_output_layer)
-
-            def degrade(x: Tensor) -> Tensor:
-                if len(degradations) == 1 or all(d is degradations[0] for d in degradations):
-                    return degradations[0].lift(degradations[0](x), size)
-                return torch.cat([d.lift(d(x[i:i + 1]), size) for i, d in enumerate(degradations)])
-
-            histories, timings = run_stages(tuned, z, objective, degrade, schedule, emit)
+            if shards is None:
+                shards = torch.get_num_threads() if device.type == "cpu" else 1
+            parts, start = [], 0
+            for count in shard_sizes(len(observations), shards):
+                stop = start + count
+                kind = StackedGenerators if stacked and count > 1 else TunedGenerator
+                parts.append(_Shard(start, stop, kind(prior.G, ids[start:stop], schedule.update_embed,
+                                                      schedule.tune_output_layer),
+                                    z_all[start:stop].clone().requires_grad_(True), objective.subset(start, stop),
+                                    _degrade_function(degradations[start:stop], size)))
+                start = stop
+            _run_shards(parts, schedule, emit)
         last_in = schedule.stages[-1].use_in
-        with torch.no_grad():
-            images = tuned(z, last_in).detach().cpu()
-            embeddings = tuned.embeddings().detach().cpu()
-        states = tuned.states()
-        return [
-            Result(image=images[i:i + 1], observation=observations[i].detach().cpu(),
-                   target=targets[i:i + 1].detach().cpu(), z=z[i:i + 1].detach().cpu(), class_id=int(ids[i]),
-                   class_embedding=embeddings[i:i + 1], generator_state=states[i], use_in=last_in,
-                   history=histories[i], timings={"search": search_time, **timings})
-            for i in range(len(observations))
-        ]
+        results = []
+        for part in parts:
+            with torch.no_grad():
+                images = part.tuned(part.z, last_in).detach().cpu()
+                embeddings = part.tuned.embeddings().detach().cpu()
+            states = part.tuned.states()
+            for j, i in enumerate(range(part.start, part.stop)):
+                results.append(Result(
+                    image=images[j:j + 1], observation=observations[i].detach().cpu(),
+                    target=targets[i:i + 1].detach().cpu(), z=part.z[j:j + 1].detach().cpu(), class_id=int(ids[i]),
+                    class_embedding=embeddings[j:j + 1], generator_state=states[j], use_in=last_in,
+                    history=part.histories[j], timings={"search": search_time, **part.timings}))
+        return results
+
+
+def _degrade_function(degradations: list[Degradation], size: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+    """Generator output ``(B, 3, R, R)`` -> each image's degradation, lifted back to ``size``."""
+    if len(degradations) == 1 or all(d is degradations[0] for d in degradations):
+        only = degradations[0]
+        return lambda x: only.lift(only(x), size)
+    return lambda x: torch.cat([d.lift(d(x[i:i + 1]), size) for i, d in enumerate(degradations)])
