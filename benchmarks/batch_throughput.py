@@ -8,7 +8,8 @@ Usage::
 Inputs: CIFAR-10 test images from ``../shared/data/cifar10-jpg.tar.gz`` when present (else samples of the prior),
 colorized with ``--degrade`` (so PSNR is measured too). Every configuration restores the same images into a
 fresh folder; the outputs are checked to be identical across configurations. Each worker runs torch on one
-thread, so "1 worker" is one core. The wall time of a run includes starting its workers (processes or Ray
+thread, so "1 worker" is one core, except in the last configuration: one worker with a thread per core, whose
+batched engine splits each batch across them (what `dgp batch --batch-size N` does). The wall time of a run includes starting its workers (processes or Ray
 actors); starting the local Ray instance itself is timed apart.
 """
 
@@ -104,8 +105,9 @@ def main() -> None:
         time.sleep(5)
     load_before = os.getloadavg()
 
-    configs = [("local, 1 worker (in the driver)", make_backend(1), 1, 1),
-               ("local, 2 worker processes", make_backend(2), 2, 1)]
+    # (label, backend, workers, images per batch, torch threads of the driver)
+    configs = [("local, 1 worker (in the driver)", make_backend(1), 1, 1, 1),
+               ("local, 2 worker processes", make_backend(2), 2, 1, 1)]
     ray_start = None
     if not args.no_ray:
         try:
@@ -114,26 +116,34 @@ def main() -> None:
             t = time.perf_counter()
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
             ray_start = time.perf_counter() - t
-            configs.append(("Ray, local instance, 2 actors", make_backend(2, use_ray=True), 2, 1))
+            configs.append(("Ray, local instance, 2 actors", make_backend(2, use_ray=True), 2, 1, 1))
         except ImportError:
             print("ray not installed: skipping the Ray configuration", file=sys.stderr)
 
     if args.batch_size > 1:
         configs.append((f"local, 1 worker, batched engine (`--batch-size {args.batch_size}`)", make_backend(1), 1,
-                        args.batch_size))
+                        args.batch_size, 1))
+        cores = os.cpu_count() or 1
+        if cores > 1:  # what `dgp batch --batch-size N` does by default: the driver's threads on every core
+            configs.append((f"local, 1 worker on {cores} threads, batched engine (`--batch-size {args.batch_size}`)",
+                            make_backend(1), 1, args.batch_size, cores))
 
     # Warm up torch in this process (first-call costs would otherwise land on the first configuration).
     run_batch(inputs[:1], work / "warm-up", settings, prior)
 
     results = []
     reference = None
-    for label, backend, workers, batch_size in configs:
+    for label, backend, workers, batch_size, threads in configs:
         out = work / f"out-{len(results)}"
         print(f"{label}: {len(inputs)} images ...", file=sys.stderr, flush=True)
         times: list[float] = []
+        torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        summary = run_batch(inputs, out, settings, prior, backend=backend, batch_size=batch_size,
-                            on_event=lambda e: times.append(time.perf_counter() - t0) if e.kind == "row" else None)
+        try:
+            summary = run_batch(inputs, out, settings, prior, backend=backend, batch_size=batch_size,
+                                on_event=lambda e: times.append(time.perf_counter() - t0) if e.kind == "row" else None)
+        finally:
+            torch.set_num_threads(1)
         rows = Manifest(out).read()
         restore_s = [r.timings.get("restore", 0.0) for r in rows.values() if r.status == "ok"]
         failed = [r for r in rows.values() if r.status != "ok"]
@@ -180,7 +190,8 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
         + (f" (`--iterations-scale {args.iterations_scale}`" if args.iterations_scale else " (the prior's setting")
         + (f", `--candidates {args.candidates}`)" if args.candidates is not None else ")"),
         f"- machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, torch {torch.__version__}; one torch thread per worker",
+        f"{platform.python_version()}, torch {torch.__version__}; one torch thread per worker unless the "
+        "configuration says otherwise",
         f"- load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after: other jobs shared the "
         "cores during the measurement, so the figures are lower bounds and noisy" if load_before[0] > 1.0 else
         f"- load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after",
@@ -205,7 +216,9 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
         "inversely with `--iterations-scale`.",
         "",
         "The batched engine (`--batch-size`) runs a batch's images through one stacked generator, which uses a "
-        "core better than one small image at a time. Its results equal one-at-a-time restoration only within "
+        "core better than one small image at a time; given several torch threads (as `dgp batch` with one "
+        "worker has by default) it splits the batch into one group per thread, each tuned in a thread of its "
+        "own. Its results equal one-at-a-time restoration only within "
         "float tolerance, and the optimisation amplifies those differences over the iterations (last column), "
         "so `dgp batch` keeps one image at a time by default, where results do not depend on how the work is "
         "split.",

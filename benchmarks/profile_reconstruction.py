@@ -238,7 +238,9 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
         f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
         "(grouped convolutions: every image has its own generator weights) is the largest single item. What no "
         "image can change (the untuned output layer, spectral- and batch-norm buffers) is shared, so it runs as "
-        "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products.",
+        "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products. "
+        "This profiles one stacked group of the batch on all threads; `DGPReconstructor.batch` splits a batch "
+        "into one group per thread, each on one intra-op thread (README), which the small layers use better.",
         "- The layers compute BigGAN's values in a cheaper order (README, 'Same values, less work'): G's "
         "upsample-then-convolve at 32 px runs as one stride-2 transposed convolution of the 16-px image with "
         "a 4x4 kernel, D's convolve-then-pool as one stride-2 convolution; spectral norm's power iteration "

@@ -468,13 +468,13 @@ class DGPReconstructor:
                 shards = torch.get_num_threads() if device.type == "cpu" else 1
             parts, start = [], 0
             for count in shard_sizes(len(observations), shards):
-                stop = start + count
+                end = start + count
                 kind = StackedGenerators if stacked and count > 1 else TunedGenerator
-                parts.append(_Shard(start, stop, kind(prior.G, ids[start:stop], schedule.update_embed,
-                                                      schedule.tune_output_layer),
-                                    z_all[start:stop].clone().requires_grad_(True), objective.subset(start, stop),
-                                    _degrade_function(degradations[start:stop], size)))
-                start = stop
+                parts.append(_Shard(start, end, kind(prior.G, ids[start:end], schedule.update_embed,
+                                                     schedule.tune_output_layer),
+                                    z_all[start:end].clone().requires_grad_(True), objective.subset(start, end),
+                                    _degrade_function(degradations[start:end], size)))
+                start = end
             _run_shards(parts, schedule, emit)
         last_in = schedule.stages[-1].use_in
         results = []
