@@ -9,8 +9,8 @@ Inputs: CIFAR-10 test images from ``../shared/data/cifar10-jpg.tar.gz`` when pre
 colorized with ``--degrade`` (so PSNR is measured too). Every configuration restores the same images into a
 fresh folder; the outputs are checked to be identical across configurations. Each worker runs torch on one
 thread, so "1 worker" is one core, except in the last configuration: one worker with a thread per core, whose
-batched engine splits each batch across them (what `dgp batch --batch-size N` does). The wall time of a run includes starting its workers (processes or Ray
-actors); starting the local Ray instance itself is timed apart.
+batched engine splits each batch across them (what `dgp batch --batch-size N` does). The wall time of a run
+includes starting its workers (processes or Ray actors); starting the local Ray instance itself is timed apart.
 """
 
 from __future__ import annotations
