@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from dgp import reconstruct
 from dgp.degradations import parse_degradation
 from dgp.reconstruct import DGPReconstructor, ReconstructionError, StackedGenerators, TunedGenerator, shard_sizes
 from dgp.reference import reference_reconstruct
@@ -152,7 +153,25 @@ def _no_shard_threads() -> bool:
     return not any(t.name.startswith("dgp-shard-") for t in threading.enumerate())
 
 
-def test_a_failing_shard_fails_the_batch_and_stops_the_others(tiny_prior):
+def _record_endings(monkeypatch) -> dict[str, str]:
+    """Thread name -> how its group's ``run_stages`` ended (``"done"`` or the exception's class name)."""
+    endings: dict[str, str] = {}
+    run_stages = reconstruct.run_stages
+
+    def recording(*args, **kwargs):
+        try:
+            result = run_stages(*args, **kwargs)
+        except BaseException as exc:
+            endings[threading.current_thread().name] = type(exc).__name__
+            raise
+        endings[threading.current_thread().name] = "done"
+        return result
+
+    monkeypatch.setattr(reconstruct, "run_stages", recording)
+    return endings
+
+
+def test_a_failing_shard_fails_the_batch_and_stops_the_others(tiny_prior, monkeypatch):
     """A NaN loss in the second thread's image raises the reconstruction error; the first thread, which
     could have gone on, stops at its next step, and the thread count is restored."""
     schedule = PRESETS["colorization"].scaled(iterations=0.05, candidates=0.0)
@@ -163,14 +182,16 @@ def test_a_failing_shard_fails_the_batch_and_stops_the_others(tiny_prior):
     steps = []
     rec = DGPReconstructor(tiny_prior, schedule, callbacks=[steps.append])
     threads = torch.get_num_threads()
+    endings = _record_endings(monkeypatch)
     with pytest.raises(ReconstructionError, match="the loss became nan"):
         rec.batch(obs, deg, [0, 1, 2], shards=2)
     assert torch.get_num_threads() == threads
     assert _no_shard_threads()
     assert len(steps) < schedule.total_iterations
+    assert endings == {threading.current_thread().name: "_Stopped", "dgp-shard-1": "ReconstructionError"}
 
 
-def test_a_failing_callback_stops_every_shard(tiny_prior):
+def test_a_failing_callback_stops_every_shard(tiny_prior, monkeypatch):
     schedule = PRESETS["colorization"].scaled(iterations=0.05, candidates=0.0)
     deg = parse_degradation("gray", size=(32, 32))
     clean = _clean(tiny_prior, 4)
@@ -181,10 +202,12 @@ def test_a_failing_callback_stops_every_shard(tiny_prior):
 
     rec = DGPReconstructor(tiny_prior, schedule, callbacks=[cancel])
     threads = torch.get_num_threads()
+    endings = _record_endings(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         rec.batch([deg.observe(clean[i:i + 1]) for i in range(4)], deg, [0] * 4, shards=2)
     assert torch.get_num_threads() == threads
     assert _no_shard_threads()
+    assert endings == {threading.current_thread().name: "KeyboardInterrupt", "dgp-shard-1": "_Stopped"}
 
 
 def test_shards_must_be_positive(tiny_prior):

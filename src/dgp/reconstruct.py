@@ -364,10 +364,8 @@ def _run_shards(shards: list[_Shard], schedule: Schedule, emit: Callable[[StepEv
         try:
             for worker in workers:
                 worker.join()
-        except BaseException:
-            stop.set()
-            raise
         finally:
+            stop.set()  # no effect once all have ended; ends them if the wait itself was interrupted
             torch.set_num_threads(previous)
     failures = [exc for exc in errors if exc is not None and not isinstance(exc, _Stopped)]
     if failures:

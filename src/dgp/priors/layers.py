@@ -36,6 +36,15 @@ def spectral_sigma(weight: Tensor, u: Tensor, eps: float) -> tuple[Tensor, Tenso
     return sigma, u_new
 
 
+def eval_inverse_sigma(w: Tensor, u: Tensor, eps: float) -> Tensor:
+    """``1 / sigma`` of ``w`` ``(..., out, in)`` from one power iteration with ``u`` ``(..., 1, out)``, shape
+    ``(...)``: with ``a = u W`` held constant, ``|a| / |a W^T|`` (eval mode, where the new ``u`` is not kept)."""
+    with torch.no_grad():
+        a = u @ w
+        a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+    return a_norm / torch.linalg.vector_norm(a @ w.transpose(-2, -1), dim=(-2, -1))
+
+
 class SpectralNorm:
     """Mixin: a layer whose ``weight`` is divided by its top singular value.
 
@@ -70,10 +79,7 @@ class SpectralNorm:
         if self.pass_inverse_sigma is not None:
             return self.pass_inverse_sigma
         w = self.weight.reshape(self.weight.shape[0], -1)
-        with torch.no_grad():
-            a = self.u0 @ w  # type: ignore[attr-defined]
-            a_norm = torch.linalg.vector_norm(a).clamp_min(self.sn_eps)
-        return a_norm / torch.linalg.vector_norm(a @ w.t())
+        return eval_inverse_sigma(w, self.u0, self.sn_eps)  # type: ignore[attr-defined]
 
     def normalized_weight(self) -> Tensor:
         """``weight / sigma`` (the frozen copy inside :func:`frozen_spectral_norm`)."""
@@ -125,10 +131,8 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
     groups = [group for group in by_shape.values() if len(group) > 1]
     for group in groups:
         w = torch.stack([m.weight for m in group]).flatten(2)  # (k, out, in)
-        with torch.no_grad():
-            a = torch.stack([m.u0 for m in group]) @ w  # type: ignore[attr-defined]  # (k, 1, in)
-            a_norm = torch.linalg.vector_norm(a, dim=(1, 2)).clamp_min(group[0].sn_eps)
-        inverse = a_norm / torch.linalg.vector_norm(a @ w.transpose(1, 2), dim=(1, 2))  # (k,)
+        u = torch.stack([m.u0 for m in group])  # type: ignore[attr-defined]  # (k, 1, out)
+        inverse = eval_inverse_sigma(w, u, group[0].sn_eps)  # (k,)
         for m, value in zip(group, inverse.unbind(0)):
             m.pass_inverse_sigma = value
     try:
