@@ -2,13 +2,15 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/compile_check.py [--prior cifar10] [--threads 2] [--steps 30]
+    .venv/bin/python benchmarks/compile_check.py [--prior cifar10] [--threads 2] [--steps 30] [--batch 1]
 
 Compiles the loss of one lean single-image step (generator forward, degradation, discriminator features,
-feature distance; the backward pass through AOTAutograd) and times, eager and compiled: the first call
-(for the compiled one, tracing and code generation), and steady-state forward plus backward per step. Run it
-twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER`` survives the process.
-Prints its figures; writes nothing. The engine does not compile (the README's Speed paragraph says why).
+feature distance; the backward pass through AOTAutograd), or with ``--batch B`` of one stacked group of B
+images as the batched engine runs it (``vmap`` over per-image generators), and times, eager and compiled: the
+first call (for the compiled one, tracing and code generation), and steady-state forward plus backward per
+step. Run it twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER``
+survives the process. Prints its figures; writes nothing. The engine does not compile (the README's Speed
+paragraph says why).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dgp.degradations import parse_degradation
 from dgp.objective import Objective
 from dgp.priors.layers import constant_network
 from dgp.priors.registry import load_prior
-from dgp.reconstruct import TunedGenerator
+from dgp.reconstruct import StackedGenerators, TunedGenerator
 
 
 def main() -> None:
@@ -32,18 +34,23 @@ def main() -> None:
     parser.add_argument("--prior", default="cifar10")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=30, help="steady-state steps timed")
+    parser.add_argument("--batch", type=int, default=1, help="images in the group (1: the lean path)")
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior)
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
-    obs = deg.observe(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    b = args.batch
+    obs = deg.observe(torch.rand(b, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     with constant_network(prior.D):
         objective = Objective(prior.D, deg.lift(obs, size))
-        tuned = TunedGenerator(prior.G, torch.zeros(1, dtype=torch.long), True, True)
+        kind = TunedGenerator if b == 1 else StackedGenerators
+        tuned = kind(prior.G, torch.zeros(b, dtype=torch.long), True, True)
         params = [p for group in tuned.groups for p in group]
-        z = torch.zeros(1, prior.G.dim_z, requires_grad=True)
+        z = torch.zeros(b, prior.G.dim_z, requires_grad=True)
 
         def loss(latent: torch.Tensor) -> torch.Tensor:
             x = deg.lift(deg(tuned(latent, False)), size)
