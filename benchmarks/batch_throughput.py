@@ -137,13 +137,10 @@ def main() -> None:
         out = work / f"out-{len(results)}"
         print(f"{label}: {len(inputs)} images ...", file=sys.stderr, flush=True)
         times: list[float] = []
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # every configuration sets its own
         t0 = time.perf_counter()
-        try:
-            summary = run_batch(inputs, out, settings, prior, backend=backend, batch_size=batch_size,
-                                on_event=lambda e: times.append(time.perf_counter() - t0) if e.kind == "row" else None)
-        finally:
-            torch.set_num_threads(1)
+        summary = run_batch(inputs, out, settings, prior, backend=backend, batch_size=batch_size,
+                            on_event=lambda e: times.append(time.perf_counter() - t0) if e.kind == "row" else None)
         rows = Manifest(out).read()
         restore_s = [r.timings.get("restore", 0.0) for r in rows.values() if r.status == "ok"]
         failed = [r for r in rows.values() if r.status != "ok"]
