@@ -10,6 +10,9 @@ iterations, seconds, ms per step and how many generator blocks are open. Part 2 
 the lean single-image path and of the batched path (``--batch`` images at once) with ``torch.profiler`` and
 sorts the operators' own CPU time into categories (convolution forward and backward, normalisation, Adam, ...).
 The gap between the wall time of the profiled steps and the operators' time is Python and dispatch overhead.
+Part 3 times a step of the batch against one image's and against one of its groups (the unit each thread runs)
+alone, with per-image generators and through one shared generator: what the batch target asks and what bounds
+any engine that tunes a generator per image.
 Timings are for the given image content-independent: the observation is a random image.
 """
 
@@ -34,7 +37,9 @@ from dgp.degradations import parse_degradation
 from dgp.pipeline import TASKS, default_schedule
 from dgp.priors.biggan import Discriminator, Generator
 from dgp.priors.registry import Prior, load_prior
-from dgp.reconstruct import DGPReconstructor
+from dgp.objective import Objective
+from dgp.priors.layers import constant_network
+from dgp.reconstruct import DGPReconstructor, StackedGenerators, TunedGenerator, run_stages
 from dgp.schedule import Schedule, Stage
 
 # (category, substrings of aten operator names), first match wins; everything else is "other".
@@ -139,6 +144,66 @@ def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, fl
         full_times.append(step_seconds(prior, steps))
         thin_times.append(step_seconds(thin, steps))
     return statistics.median(full_times), statistics.median(thin_times)
+
+
+def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool) -> float:
+    """Wall seconds per fully-open optimisation step of one group of ``batch`` images on the current threads.
+
+    Each image has its own generator (:class:`StackedGenerators`, the group ``DGPReconstructor.batch`` runs in
+    each of its threads), or, with ``shared``, all images go through one generator (:class:`TunedGenerator` on
+    the batch): no per-image weights, so no grouped convolutions, one spectral norm per layer and one Adam
+    state, which is less work than any engine that tunes a generator per image can do.
+    """
+    size = (prior.resolution, prior.resolution)
+    deg = parse_degradation("gray", size=size)
+    target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
+    ids = torch.zeros(batch, dtype=torch.long)
+    schedule = Schedule("group", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+    kind = TunedGenerator if shared else StackedGenerators
+
+    def run() -> float:
+        tuned = kind(prior.G, ids, False, False)
+        z = torch.zeros(batch, prior.G.dim_z, requires_grad=True)
+        start = time.perf_counter()
+        run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), schedule, None)
+        return time.perf_counter() - start
+
+    with constant_network(prior.D):
+        objective = Objective(prior.D, target)
+        run()  # warm-up
+        return run() / steps
+
+
+def engine_step_seconds(prior: Prior, batch: int, steps: int) -> float:
+    """Wall seconds per fully-open step of ``batch`` images through ``DGPReconstructor`` (one image: the lean
+    path; more: the batched engine, one group per thread), set-up excluded: the difference between runs of
+    ``steps + 1`` steps and of 1 step."""
+    one_step, more_steps = fully_open_run(prior, batch, 1), fully_open_run(prior, batch, steps + 1)
+    one_step()  # warm-up
+    start = time.perf_counter()
+    one_step()
+    middle = time.perf_counter()
+    more_steps()
+    return max(0.0, (time.perf_counter() - middle) - (middle - start)) / steps
+
+
+def batch_bound(prior: Prior, batch: int, steps: int, rounds: int = 5) -> dict[str, list[float]]:
+    """Seconds per step, in interleaved rounds: one image and ``batch`` images at once on all threads, and
+    the batch's largest group (the engine splits a batch into one group per thread) alone on one thread,
+    stacked and shared."""
+    threads = torch.get_num_threads()
+    group = math.ceil(batch / threads)
+    times: dict[str, list[float]] = {"single": [], "batch": [], "stacked": [], "shared": []}
+    for _ in range(rounds):
+        times["single"].append(engine_step_seconds(prior, 1, steps))
+        times["batch"].append(engine_step_seconds(prior, batch, steps))
+        torch.set_num_threads(1)
+        try:
+            times["stacked"].append(group_step_seconds(prior, group, steps, shared=False))
+            times["shared"].append(group_step_seconds(prior, group, steps, shared=True))
+        finally:
+            torch.set_num_threads(threads)
+    return times
 
 
 class _OperatorCounter(TorchDispatchMode):
@@ -257,6 +322,37 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
     ]
 
 
+def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> list[str]:
+    """Table and reading of :func:`batch_bound`: what the 3x batch target asks of a step of the batch."""
+    group = math.ceil(batch / threads)
+    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    rng = {k: f"{1e3 * min(v):.1f}-{1e3 * max(v):.1f}" for k, v in times.items()}
+    limit = batch / 3 * med["single"]
+    lines = ["| one optimisation step (set-up excluded) | ms | range |", "| --- | --- | --- |",
+             f"| one image, lean path, {threads} threads | {med['single']:.1f} | {rng['single']} |",
+             f"| {batch} images at once: the engine, {threads} groups of {group} side by side | "
+             f"{med['batch']:.1f} | {rng['batch']} |",
+             f"| the longest step at which {batch} images at once reach 3x one image at a time | {limit:.1f} | |",
+             f"| one group of {group} alone, 1 thread, each image with its own generator (as in the engine) | "
+             f"{med['stacked']:.1f} | {rng['stacked']} |",
+             f"| one group of {group} alone, 1 thread, all through one shared generator (no per-image weights) | "
+             f"{med['shared']:.1f} | {rng['shared']} |"]
+    slowdown = med["batch"] / med["stacked"]
+    reading = (
+        f"{batch} images at once reach 3x the images/s of one image at a time when a step of the batch takes "
+        f"at most {batch}/3 x one image's step, here {limit:.1f} ms; the engine's step took {med['batch']:.1f} ms, "
+        f"{batch * med['single'] / med['batch']:.2f}x one image at a time (set-up excluded). Its {threads} groups "
+        f"run side by side, each on a core of its own; one group alone takes {med['stacked']:.1f} ms, so running "
+        f"them together costs {100 * (slowdown - 1):.0f}% (they share the memory bus and the last-level cache). "
+        f"Through one shared generator a group takes {med['shared']:.1f} ms: the per-image weights (grouped "
+        "convolutions, a spectral norm and an Adam state per image, per-image matrix-vector products in the "
+        f"conditional batch norms) cost {100 * (1 - med['shared'] / med['stacked']):.0f}% of its step. The shared "
+        "generator is not a way to run DGP (it cannot tune each image's own copy of G); it bounds what any engine "
+        f"that does can reach here: {batch * med['single'] / (med['shared'] * slowdown):.2f}x one image at a time "
+        f"with the measured side-by-side slow-down, {batch * med['single'] / med['shared']:.2f}x without any.")
+    return lines + ["", reading]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prior", default="cifar10", help="prior name or folder (default: the shipped one)")
@@ -277,6 +373,7 @@ def main() -> None:
     batched = operator_breakdown(prior, args.batch, args.steps)
     floor = overhead_floor(prior, args.steps)
     operators = (operators_per_step(prior, 1), operators_per_step(prior, args.batch))
+    bound = batch_bound(prior, args.batch, args.steps)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
@@ -290,6 +387,11 @@ def main() -> None:
             "### Single image (lean path)", "", *breakdown_table(*single, args.steps, 1), "",
             f"### {args.batch} images at once (batched path, per step of the whole batch)", "",
             *breakdown_table(*batched, args.steps, args.batch), ""]
+    text += ["## What bounds the batched engine", "",
+             "Medians of 5 interleaved rounds, set-up excluded (steps timed as the difference of a long and a "
+             "1-step run, or around the optimisation loop alone); a group is the unit `DGPReconstructor.batch` "
+             "runs in each thread.",
+             "", *bound_section(bound, args.batch, torch.get_num_threads()), ""]
     text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(text))
