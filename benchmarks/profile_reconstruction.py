@@ -105,14 +105,18 @@ def thin_prior(prior: Prior, channels: int = 8) -> Prior:
                  class_names=prior.class_names, card={})
 
 
+def fully_open_schedule(steps: int) -> Schedule:
+    """``steps`` fully-open optimisation steps with the D-feature loss and no latent search."""
+    return Schedule("profile", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+
+
 def fully_open_run(prior: Prior, batch: int, steps: int) -> Callable[[], None]:
     """A reconstruction of ``batch`` zero images (grayscale observations) by ``steps`` fully-open optimisation
     steps with the D-feature loss and no latent search: what the timings of a step run."""
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
     obs = deg.observe(torch.zeros(1, 3, *size))
-    schedule = Schedule("profile", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
-    rec = DGPReconstructor(prior, schedule)
+    rec = DGPReconstructor(prior, fully_open_schedule(steps))
 
     def run() -> None:
         if batch == 1:
@@ -158,7 +162,7 @@ def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool) -> fl
     deg = parse_degradation("gray", size=size)
     target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
     ids = torch.zeros(batch, dtype=torch.long)
-    schedule = Schedule("group", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
+    schedule = fully_open_schedule(steps)
     kind = TunedGenerator if shared else StackedGenerators
 
     def run() -> float:
@@ -329,7 +333,8 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
     rng = {k: f"{1e3 * min(v):.1f}-{1e3 * max(v):.1f}" for k, v in times.items()}
     limit = batch / 3 * med["single"]
     lines = ["| one optimisation step (set-up excluded) | ms | range |", "| --- | --- | --- |",
-             f"| one image, lean path, {threads} threads | {med['single']:.1f} | {rng['single']} |",
+             f"| one image, lean path, {threads} thread{'s' if threads > 1 else ''} | {med['single']:.1f} | "
+             f"{rng['single']} |",
              f"| {batch} images at once: the engine, {threads} groups of {group} side by side | "
              f"{med['batch']:.1f} | {rng['batch']} |",
              f"| the longest step at which {batch} images at once reach 3x one image at a time | {limit:.1f} | |",
