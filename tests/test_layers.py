@@ -6,7 +6,6 @@ original code: upsample-then-convolve, convolve-then-pool, batch norm then the a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import platform
 import sys
@@ -14,7 +13,6 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import vmap
 
 from dgp.allocator import keep_freed_memory
 from dgp.priors.layers import (
@@ -66,14 +64,6 @@ def test_pooled_conv_equals_convolve_then_pool(shape):
     g = _randn(*theirs.shape)
     torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0],
                                rtol=1e-12, atol=1e-12)
-
-
-def test_layers_work_per_sample_under_vmap():
-    """The batched engine runs these layers per image with per-image weights (vmap)."""
-    x, w, b = _randn(3, 2, 4, 4), _randn(3, 5, 2, 3, 3), _randn(3, 5)
-    batched = vmap(lambda x, w, b: upsampled_conv3x3(x[None], w, b)[0])(x, w, b)
-    looped = torch.stack([upsampled_conv3x3(x[i:i + 1], w[i], b[i])[0] for i in range(3)])
-    torch.testing.assert_close(batched, looped)
 
 
 @pytest.mark.parametrize("min_side", [1, 10**6])
@@ -156,27 +146,6 @@ def test_grouped_spectral_norm_equals_each_layer_alone():
     params = [m.weight for m in net[:5]]
     for a, b in zip(torch.autograd.grad(ours, params, grads), torch.autograd.grad(expected[:5], params, grads)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-class _TwoLinears(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = SNLinear(5, 4), SNLinear(5, 4)
-
-    def forward(self, grouped: bool) -> torch.Tensor:
-        with grouped_spectral_norm(self) if grouped else contextlib.nullcontext():
-            return torch.stack([self.a.normalized_weight(), self.b.normalized_weight()])
-
-
-def test_grouped_spectral_norm_works_per_sample_under_vmap():
-    """The batched engine runs G, and so the grouped power iteration, with per-image weights."""
-    net = _TwoLinears().double().eval()
-    weights = {"a.weight": _randn(3, 4, 5), "b.weight": _randn(3, 4, 5) + 1}
-
-    def normalized(grouped: bool) -> torch.Tensor:
-        return vmap(lambda w: torch.func.functional_call(net, w, (grouped,)))(weights)
-
-    torch.testing.assert_close(normalized(True), normalized(False), rtol=1e-12, atol=1e-12)
 
 
 def test_constant_network_takes_parameters_off_the_graph_and_restores_them():

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, vmap
 
 from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
-from dgp.priors.layers import FrozenInstanceNorm, SNConv2d, SpectralNorm, constant_network
+from dgp.priors.layers import FrozenInstanceNorm, SpectralNorm, constant_network
+from dgp.priors.stacked import stacked_generator_forward
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
 
@@ -183,22 +183,19 @@ class TunedGenerator:
 
 
 class StackedGenerators:
-    """B independent tuned copies of the generator, run as one batch through ``torch.func.vmap``.
+    """B independent tuned copies of the generator, run as one batch (:func:`stacked_generator_forward`).
 
     Every tuned parameter and every per-image buffer (the instance-norm affine, matched per image) is stacked
     along a new first dimension; image ``i`` uses slice ``i`` only, so its gradients, Adam updates and
     instance-norm statistics are its own, as in the single-image path. Convolutions with per-image weights
-    become grouped convolutions under ``vmap``. What no image can change (untuned parameters such as the
-    output layer, and the constant buffers of spectral and batch norm in eval mode) is kept once and shared,
-    so that those layers run as ordinary batched layers.
+    run as grouped convolutions (the 32-px-and-up transposed ones per image). What no image can change
+    (untuned parameters such as the output layer, and the constant buffers of spectral and batch norm in eval
+    mode) is kept once and shared, so that those layers run as ordinary batched layers.
     """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
         self.G = copy.deepcopy(G).eval()
         self.G.reset_instance_norm()
-        for layer in self.G.modules():
-            if isinstance(layer, SNConv2d):
-                layer.pointwise_matmul = True
         self.class_ids = class_ids
         b = len(class_ids)
         names = {id(p): n for n, p in self.G.named_parameters()}
@@ -218,16 +215,8 @@ class StackedGenerators:
         self.fixed.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
         self.groups = [[self.params[n] for n in g] for g in groups]
 
-    def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], fixed: dict[str, Tensor], z: Tensor,
-             class_id: Tensor, use_in: bool) -> Tensor:
-        table = params.get("shared.weight", fixed.get("shared.weight"))  # the class-embedding table
-        embedding = torch.index_select(table, 0, class_id.reshape(1))
-        return functional_call(self.G, {**fixed, **params, **buffers}, (z.unsqueeze(0), embedding),
-                               {"use_in": use_in})[0]
-
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return vmap(self._one, in_dims=(0, 0, None, 0, 0, None))(self.params, self.buffers, self.fixed, z,
-                                                                 self.class_ids, use_in)
+        return stacked_generator_forward(self.G, {**self.params, **self.buffers}, z, self.class_ids, use_in)
 
     def embeddings(self) -> Tensor:
         w = self.params.get("shared.weight")

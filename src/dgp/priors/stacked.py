@@ -1,0 +1,230 @@
+"""B generators of one architecture in one forward pass, each image with its own weights where they differ.
+
+The batched reconstruction engine tunes a copy of the generator per image. :func:`stacked_generator_forward`
+runs B such copies at once: a tensor named in ``stacked`` carries a leading image dimension ``B`` (image ``i``
+uses slice ``i``), every other tensor is the generator's own and is shared by all images. Layers with
+per-image weights run as grouped convolutions and batched matrix products; layers whose weights are shared
+(typically the untuned output layer) run as ordinary batched layers. Image ``i`` gets the values of
+``G(z[i:i+1], G.shared(class_ids[i:i+1]))`` with its weights, up to float rounding.
+
+This is written out per layer type, instead of mapping the single-image forward over the batch
+(``torch.func.vmap``), because it leaves out the copies and layout changes that mapping adds, and runs the
+stride-2 transposed convolution per image (faster on a CPU than its grouped form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dgp.priors.biggan import Generator
+from dgp.priors.layers import (
+    GROUPED_SPECTRAL_NORM_MAX_NUMEL,
+    Attention,
+    ConditionalBatchNorm,
+    FrozenInstanceNorm,
+    GBlock,
+    SNConv2d,
+    SNLinear,
+    SpectralNorm,
+    eval_inverse_sigma,
+)
+
+
+class _Weights:
+    """Looks up the tensors of one stacked forward pass by their state-dict names."""
+
+    def __init__(self, G: Generator, tensors: Mapping[str, Tensor]) -> None:
+        self.G = G
+        self.tensors = tensors
+        self.names = {id(m): name for name, m in G.named_modules()}
+        self.inverse_sigmas: dict[str, Tensor] = {}
+
+    def stacked(self, module: torch.nn.Module, attribute: str) -> Tensor | None:
+        """The per-image ``(B, ...)`` tensor ``attribute`` of ``module``, or ``None`` when it is shared."""
+        return self.tensors.get(f"{self.names[id(module)]}.{attribute}")
+
+    def get(self, module: torch.nn.Module, attribute: str) -> tuple[Tensor | None, bool]:
+        """``(tensor, per_image)``: the stacked tensor, or the module's own (shared) one."""
+        value = self.stacked(module, attribute)
+        if value is not None:
+            return value, True
+        return getattr(module, attribute), False
+
+    def inverse_sigma(self, layer: SpectralNorm) -> Tensor:
+        """``(B,)`` inverse singular values of a spectral-norm layer with per-image weights."""
+        name = self.names[id(layer)]
+        if name not in self.inverse_sigmas:
+            w = self.tensors[f"{name}.weight"]
+            self.inverse_sigmas[name] = eval_inverse_sigma(w.flatten(2), layer.u0, layer.sn_eps)
+        return self.inverse_sigmas[name]
+
+    def group_small_spectral_norms(self) -> None:
+        """One batched power iteration for all same-shaped small per-image weights (as
+        :func:`~dgp.priors.layers.grouped_spectral_norm` does for one generator)."""
+        by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
+        for name, m in self.G.named_modules():
+            w = self.tensors.get(f"{name}.weight")
+            if isinstance(m, SpectralNorm) and w is not None and w[0].numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL:
+                by_shape.setdefault((tuple(w.shape), m.sn_eps), []).append((name, m))
+        for (_, eps), group in by_shape.items():
+            if len(group) < 2:
+                continue
+            w = torch.stack([self.tensors[f"{name}.weight"].flatten(2) for name, _ in group])  # (k, B, out, in)
+            u = torch.stack([m.u0 for _, m in group]).unsqueeze(1)  # (k, 1, 1, out)
+            for (name, _), value in zip(group, eval_inverse_sigma(w, u, eps).unbind(0)):
+                self.inverse_sigmas[name] = value
+
+
+def _per_image(v: Tensor, dims: int) -> Tensor:
+    """``(B, ...)`` -> ``(B, ...)`` followed by ``dims`` singleton dimensions, for broadcasting."""
+    return v.reshape(*v.shape, *([1] * dims))
+
+
+def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
+    """``(B, in) -> (B, out)`` through a spectral-norm linear layer."""
+    w = weights.stacked(layer, "weight")
+    bias, _ = weights.get(layer, "bias")
+    if w is None:
+        return F.linear(x, layer.normalized_weight(), bias)
+    # a broadcast product and a sum: faster than a batched product with one row, forward and backward
+    out = (w * x.unsqueeze(1)).sum(2) * weights.inverse_sigma(layer).unsqueeze(1)
+    return out if bias is None else out + bias
+
+
+def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False) -> Tensor:
+    """``(B, in, H, W) -> (B, out, H', W')`` through a spectral-norm convolution, of ``x`` upsampled 2x (nearest)
+    when ``upsample`` is set."""
+    stacked_weight = weights.stacked(layer, "weight")
+    bias, bias_per_image = weights.get(layer, "bias")
+    if stacked_weight is None and not bias_per_image:
+        return layer.forward_upsampled(x) if upsample else layer(x)
+    b = x.shape[0]
+    if stacked_weight is None:  # a shared weight with per-image biases
+        w = layer.normalized_weight().expand(b, *layer.weight.shape)
+    else:
+        w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
+    if bias is not None and not bias_per_image:
+        bias = bias.expand(b, -1)
+    if upsample and 2 * x.shape[-1] >= layer.upsampled_conv_min_side and layer.is_plain_3x3():
+        # one stride-2 transposed convolution per image (as upsampled_conv3x3), faster than the grouped one
+        kernels = (w.transpose(1, 2).flatten(3) @ layer.upsampled_taps).unflatten(3, (4, 4))  # (B, in, out, 4, 4)
+        biases = [None] * b if bias is None else bias.unbind(0)
+        return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
+                          for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
+    if upsample:
+        x = F.interpolate(x, scale_factor=2)
+    if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1):
+        out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
+        return out if bias is None else out + bias[:, :, None, None]
+    out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.flatten(0, 1), None if bias is None else bias.flatten(),
+                   layer.stride, layer.padding, groups=b)
+    return out.reshape(b, -1, *out.shape[2:])
+
+
+def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
+    """Conditional batch norm in eval mode: ``x`` ``(B, C, H, W)``, ``y`` ``(B, cond_dim)``."""
+    gain = 1 + _linear(weights, bn.gain, y)
+    scale = gain * torch.rsqrt(bn.stored_var + bn.eps)
+    shift = _linear(weights, bn.bias, y) - bn.stored_mean * scale
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+
+
+def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, match: Tensor | None) -> Tensor:
+    """DGP's frozen instance norm with a per-image affine, first matched to ``match`` when given."""
+    weight, bias = weights.stacked(inorm, "weight"), weights.stacked(inorm, "bias")
+    if weight is None or bias is None:
+        raise ValueError("a stacked forward pass with instance norm needs per-image instance-norm buffers")
+    if match is not None:
+        with torch.no_grad():
+            flat = match.flatten(2)
+            weight.copy_(flat.std(dim=2))
+            bias.copy_(flat.mean(dim=2))
+    return torch.addcmul(bias[:, :, None, None], F.instance_norm(x, eps=inorm.eps), weight[:, :, None, None])
+
+
+def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool) -> Tensor:
+    """One generator block (:class:`~dgp.priors.layers.GBlock`) with per-image weights."""
+
+    def norm(bn: ConditionalBatchNorm, inorm: FrozenInstanceNorm, h: Tensor) -> Tensor:
+        if not use_in:
+            return _batch_norm(weights, bn, h, y)
+        match = None
+        if not block.in_ready:
+            with torch.no_grad():
+                match = _batch_norm(weights, bn, h, y)
+        return _instance_norm(weights, inorm, h, match)
+
+    h = F.relu(norm(block.bn1, block.in1, x))
+    if block.learnable_sc:
+        x = _conv(weights, block.conv_sc, x)  # before upsampling: the 1x1 convolution commutes with it
+    h = _conv(weights, block.conv1, h, upsample=block.upsample)
+    h = F.relu(norm(block.bn2, block.in2, h))
+    block.in_ready = use_in
+    if block.upsample:
+        x = F.interpolate(x, scale_factor=2)
+    return _conv(weights, block.conv2, h) + x
+
+
+def _attention(weights: _Weights, att: Attention, x: Tensor) -> Tensor:
+    """Self-attention (:class:`~dgp.priors.layers.Attention`) with per-image weights."""
+    b, c, h, w = x.shape
+    theta = _conv(weights, att.theta, x).reshape(b, c // 8, h * w)
+    phi = F.max_pool2d(_conv(weights, att.phi, x), 2).reshape(b, c // 8, h * w // 4)
+    g = F.max_pool2d(_conv(weights, att.g, x), 2).reshape(b, c // 2, h * w // 4)
+    beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
+    o = _conv(weights, att.o, (g @ beta.transpose(1, 2)).reshape(b, c // 2, h, w))
+    gamma, per_image = weights.get(att, "gamma")
+    return (_per_image(gamma, 3) if per_image else gamma) * o + x
+
+
+def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
+    """Batch norm, ReLU, convolution and tanh: ``(B, C, R, R)`` features to ``(B, 3, R, R)`` images."""
+    bn, conv = G.output_layer[0], G.output_layer[2]
+    gain, bias = weights.stacked(bn, "gain"), weights.stacked(bn, "bias")
+    if gain is None and bias is None:
+        h = bn(h)
+    else:
+        gain = gain if gain is not None else bn.gain.expand(h.shape[0], -1)
+        bias = bias if bias is not None else bn.bias.expand(h.shape[0], -1)
+        scale = gain * torch.rsqrt(bn.stored_var + bn.eps)
+        h = torch.addcmul((bias - bn.stored_mean * scale)[:, :, None, None], h, scale[:, :, None, None])
+    return torch.tanh(_conv(weights, conv, F.relu(h)))
+
+
+def stacked_generator_forward(G: Generator, tensors: Mapping[str, Tensor], z: Tensor, class_ids: Tensor,
+                              use_in: bool = False) -> Tensor:
+    """Images of B generators that differ in the tensors of ``tensors``.
+
+    Args:
+        G: the generator (eval mode); its own tensors are used wherever ``tensors`` has no entry, and its
+            spectral-norm layers with shared weights should be frozen (:func:`dgp.reconstruct.freeze_untuned`).
+        tensors: state-dict names to per-image tensors ``(B, *shape)``: parameters (any of them) and the
+            instance-norm buffers (``blocks.I.0.inN.weight/bias``, required with ``use_in``; matched in place).
+        z: latents ``(B, dim_z)``.
+        class_ids: ``(B,)`` class of each image (looked up in its own embedding table when that is stacked).
+        use_in: run the blocks with DGP's instance norm instead of conditional batch norm.
+
+    Returns:
+        ``(B, 3, R, R)`` images in [-1, 1].
+    """
+    batch = z.shape[0]
+    weights = _Weights(G, tensors)
+    weights.group_small_spectral_norms()
+    table = tensors.get("shared.weight")
+    y = G.shared.weight[class_ids] if table is None else table[torch.arange(batch, device=z.device), class_ids]
+    if G.config.hier:
+        chunks = torch.split(z, G.z_chunk_size, dim=1)
+        first = chunks[0]
+        conds = [torch.cat([y, chunk], dim=1) for chunk in chunks[1:]]
+    else:
+        first, conds = z, [y] * len(G.blocks)
+    h = _linear(weights, G.linear, first).reshape(batch, -1, G.bottom_width, G.bottom_width)
+    for stage, cond in zip(G.blocks, conds):
+        h = _block(weights, stage[0], h, cond, use_in)
+        for extra in stage[1:]:
+            h = _attention(weights, extra, h)
+    return _output_layer(weights, G, h)
