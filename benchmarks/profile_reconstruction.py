@@ -350,8 +350,8 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
         f"run side by side, each on a core of its own; one group alone takes {med['stacked']:.1f} ms, so running "
         f"them together costs {100 * (slowdown - 1):.0f}% (they share the memory bus and the last-level cache). "
         f"Through one shared generator a group takes {med['shared']:.1f} ms: the per-image weights (grouped "
-        "convolutions, a spectral norm and an Adam state per image, per-image matrix-vector products in the "
-        f"conditional batch norms) cost {100 * (1 - med['shared'] / med['stacked']):.0f}% of its step. The shared "
+        "convolutions, a spectral norm and an Adam state per image, per-image products in the conditional "
+        f"batch norms) cost {100 * (1 - med['shared'] / med['stacked']):.0f}% of its step. The shared "
         "generator is not a way to run DGP (it cannot tune each image's own copy of G); it bounds what any engine "
         f"that does can reach here: {batch * med['single'] / (med['shared'] * slowdown):.2f}x one image at a time "
         f"with the measured side-by-side slow-down, {batch * med['single'] / med['shared']:.2f}x without any.")

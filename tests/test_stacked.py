@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgp.priors.biggan import Generator
-from dgp.priors.stacked import stacked_generator_forward
+from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 
 from conftest import make_tiny_config
 
@@ -49,7 +49,8 @@ def test_stacked_forward_equals_each_generator_alone(which, use_in):
     z = torch.randn(B, G.dim_z, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     ids = torch.tensor([0, 2, 1])
     G.reset_instance_norm()
-    ours = stacked_generator_forward(G, {**stacked, **buffers}, z, ids, use_in)
+    tensors = {**stacked, **buffers}
+    ours = stacked_generator_forward(StackedLayout(G, tensors), tensors, z, ids, use_in)
     grad_out = torch.randn_like(ours)
     grads = torch.autograd.grad(ours, list(stacked.values()), grad_out, allow_unused=True)
     for i in range(B):
@@ -73,5 +74,5 @@ def test_stacked_forward_needs_per_image_instance_norm_buffers():
     G = _generator()
     stacked = _per_image_weights(G, [n for n, _ in G.named_parameters() if n.startswith("blocks.")])
     with pytest.raises(ValueError, match="instance-norm"):
-        stacked_generator_forward(G, stacked, torch.zeros(B, G.dim_z, dtype=torch.float64),
+        stacked_generator_forward(StackedLayout(G, stacked), stacked, torch.zeros(B, G.dim_z, dtype=torch.float64),
                                   torch.zeros(B, dtype=torch.long), use_in=True)

@@ -19,7 +19,7 @@ from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
 from dgp.priors.layers import FrozenInstanceNorm, SpectralNorm, constant_network
-from dgp.priors.stacked import stacked_generator_forward
+from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 from dgp.priors.registry import Prior
 from dgp.schedule import Schedule
 
@@ -214,9 +214,11 @@ class StackedGenerators:
         self.fixed = {n: p.detach() for n, p in self.G.named_parameters() if n not in tuned}
         self.fixed.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
         self.groups = [[self.params[n] for n in g] for g in groups]
+        self.stacked = {**self.params, **self.buffers}
+        self.layout = StackedLayout(self.G, self.stacked)
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return stacked_generator_forward(self.G, {**self.params, **self.buffers}, z, self.class_ids, use_in)
+        return stacked_generator_forward(self.layout, self.stacked, z, self.class_ids, use_in)
 
     def embeddings(self) -> Tensor:
         w = self.params.get("shared.weight")

@@ -1,7 +1,7 @@
 """B generators of one architecture in one forward pass, each image with its own weights where they differ.
 
 The batched reconstruction engine tunes a copy of the generator per image. :func:`stacked_generator_forward`
-runs B such copies at once: a tensor named in ``stacked`` carries a leading image dimension ``B`` (image ``i``
+runs B such copies at once (their :class:`StackedLayout` made once): a tensor named in ``stacked`` carries a leading image dimension ``B`` (image ``i``
 uses slice ``i``), every other tensor is the generator's own and is shared by all images. Layers with
 per-image weights run as grouped convolutions and batched matrix products; layers whose weights are shared
 (typically the untuned output layer) run as ordinary batched layers. Image ``i`` gets the values of
@@ -14,7 +14,7 @@ stride-2 transposed convolution per image (faster on a CPU than its grouped form
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +35,18 @@ from dgp.priors.layers import (
 
 
 class _Weights:
-    """Looks up the tensors of one stacked forward pass by their state-dict names."""
+    """Looks up the tensors of one stacked forward pass by their state-dict names; keeps the inverse singular
+    values computed in the pass."""
 
-    def __init__(self, G: Generator, tensors: Mapping[str, Tensor]) -> None:
-        self.G = G
+    def __init__(self, layout: StackedLayout, tensors: Mapping[str, Tensor]) -> None:
+        self.names = layout.names
         self.tensors = tensors
-        self.names = {id(m): name for name, m in G.named_modules()}
         self.inverse_sigmas: dict[str, Tensor] = {}
+        for group in layout.spectral_norm_groups:  # one batched power iteration per group
+            w = torch.stack([tensors[f"{name}.weight"].flatten(2) for name, _ in group])  # (k, B, out, in)
+            u = torch.stack([m.u0 for _, m in group]).unsqueeze(1)  # (k, 1, 1, out)
+            for (name, _), value in zip(group, eval_inverse_sigma(w, u, group[0][1].sn_eps).unbind(0)):
+                self.inverse_sigmas[name] = value
 
     def stacked(self, module: torch.nn.Module, attribute: str) -> Tensor | None:
         """The per-image ``(B, ...)`` tensor ``attribute`` of ``module``, or ``None`` when it is shared."""
@@ -61,22 +66,6 @@ class _Weights:
             w = self.tensors[f"{name}.weight"]
             self.inverse_sigmas[name] = eval_inverse_sigma(w.flatten(2), layer.u0, layer.sn_eps)
         return self.inverse_sigmas[name]
-
-    def group_small_spectral_norms(self) -> None:
-        """One batched power iteration for all same-shaped small per-image weights (as
-        :func:`~dgp.priors.layers.grouped_spectral_norm` does for one generator)."""
-        by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
-        for name, m in self.G.named_modules():
-            w = self.tensors.get(f"{name}.weight")
-            if isinstance(m, SpectralNorm) and w is not None and w[0].numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL:
-                by_shape.setdefault((tuple(w.shape), m.sn_eps), []).append((name, m))
-        for (_, eps), group in by_shape.items():
-            if len(group) < 2:
-                continue
-            w = torch.stack([self.tensors[f"{name}.weight"].flatten(2) for name, _ in group])  # (k, B, out, in)
-            u = torch.stack([m.u0 for _, m in group]).unsqueeze(1)  # (k, 1, 1, out)
-            for (name, _), value in zip(group, eval_inverse_sigma(w, u, eps).unbind(0)):
-                self.inverse_sigmas[name] = value
 
 
 def _per_image(v: Tensor, dims: int) -> Tensor:
@@ -195,15 +184,38 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     return torch.tanh(_conv(weights, conv, F.relu(h)))
 
 
-def stacked_generator_forward(G: Generator, tensors: Mapping[str, Tensor], z: Tensor, class_ids: Tensor,
-                              use_in: bool = False) -> Tensor:
+class StackedLayout:
+    """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
+    weights share a batched power iteration (same-shaped small ones, as
+    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator).
+
+    Args:
+        G: the generator.
+        stacked: names of the tensors that will be given per image.
+    """
+
+    def __init__(self, G: Generator, stacked: Collection[str]) -> None:
+        self.G = G
+        self.names = {id(m): name for name, m in G.named_modules()}
+        by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
+        for name, m in G.named_modules():
+            if (isinstance(m, SpectralNorm) and f"{name}.weight" in stacked
+                    and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
+                by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append((name, m))
+        self.spectral_norm_groups = [group for group in by_shape.values() if len(group) > 1]
+
+
+def stacked_generator_forward(layout: StackedLayout, tensors: Mapping[str, Tensor], z: Tensor,
+                              class_ids: Tensor, use_in: bool = False) -> Tensor:
     """Images of B generators that differ in the tensors of ``tensors``.
 
     Args:
-        G: the generator (eval mode); its own tensors are used wherever ``tensors`` has no entry, and its
-            spectral-norm layers with shared weights should be frozen (:func:`dgp.reconstruct.freeze_untuned`).
-        tensors: state-dict names to per-image tensors ``(B, *shape)``: parameters (any of them) and the
-            instance-norm buffers (``blocks.I.0.inN.weight/bias``, required with ``use_in``; matched in place).
+        layout: the generator ``layout.G`` (eval mode) and the names of its stacked tensors. Its own tensors
+            are used wherever ``tensors`` has no entry, and its spectral-norm layers with shared weights should
+            be frozen (:func:`dgp.reconstruct.freeze_untuned`).
+        tensors: state-dict names to per-image tensors ``(B, *shape)``, as named to the layout: parameters (any
+            of them) and the instance-norm buffers (``blocks.I.0.inN.weight/bias``, required with ``use_in``;
+            matched in place).
         z: latents ``(B, dim_z)``.
         class_ids: ``(B,)`` class of each image (looked up in its own embedding table when that is stacked).
         use_in: run the blocks with DGP's instance norm instead of conditional batch norm.
@@ -211,9 +223,9 @@ def stacked_generator_forward(G: Generator, tensors: Mapping[str, Tensor], z: Te
     Returns:
         ``(B, 3, R, R)`` images in [-1, 1].
     """
+    G = layout.G
     batch = z.shape[0]
-    weights = _Weights(G, tensors)
-    weights.group_small_spectral_norms()
+    weights = _Weights(layout, tensors)
     table = tensors.get("shared.weight")
     y = G.shared.weight[class_ids] if table is None else table[torch.arange(batch, device=z.device), class_ids]
     if G.config.hier:
