@@ -19,8 +19,8 @@ from dgp.degradations import Degradation
 from dgp.objective import Objective, feature_distance
 from dgp.priors.biggan import Generator
 from dgp.priors.layers import FrozenInstanceNorm, SpectralNorm, constant_network
-from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 from dgp.priors.registry import Prior
+from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 from dgp.schedule import Schedule
 
 

@@ -271,6 +271,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         return self(F.interpolate(x, scale_factor=2))
 
     def is_plain_3x3(self) -> bool:
+        """Whether this is an ordinary 3x3 convolution (padding 1, stride 1, no dilation or groups)."""
         return (self.kernel_size == (3, 3) and self.padding == (1, 1) and self.stride == (1, 1)
                 and self.dilation == (1, 1) and self.groups == 1)
 
