@@ -1,8 +1,9 @@
 """B generators of one architecture in one forward pass, each image with its own weights where they differ.
 
 The batched reconstruction engine tunes a copy of the generator per image. :func:`stacked_generator_forward`
-runs B such copies at once (their :class:`StackedLayout` made once): a tensor named in ``stacked`` carries a leading image dimension ``B`` (image ``i``
-uses slice ``i``), every other tensor is the generator's own and is shared by all images. Layers with
+runs B such copies at once (with a :class:`StackedLayout` made once per batch): a tensor given in ``tensors``
+carries a leading image dimension ``B`` (image ``i`` uses slice ``i``), every other tensor is the generator's
+own and is shared by all images. Layers with
 per-image weights run as grouped convolutions and batched matrix products; layers whose weights are shared
 (typically the untuned output layer) run as ordinary batched layers. Image ``i`` gets the values of
 ``G(z[i:i+1], G.shared(class_ids[i:i+1]))`` with its weights, up to float rounding.
