@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dgp.allocator import keep_freed_memory
+from dgp.priors import layers
 from dgp.priors.layers import (
     ConditionalBatchNorm,
     DBlock,
@@ -24,6 +25,7 @@ from dgp.priors.layers import (
     constant_network,
     frozen_spectral_norm,
     grouped_spectral_norm,
+    narrow_conv3x3,
     pooled_conv3x3,
     spectral_sigma,
     upsampled_conv3x3,
@@ -52,6 +54,32 @@ def test_upsampled_conv_equals_upsample_then_convolve(shape, with_bias):
     inputs = [x, weight] + ([bias] if with_bias else [])
     for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 8), (1, 5, 7, 3), (3, 2, 1, 1)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_narrow_conv_equals_the_convolution(shape, with_bias):
+    x = _randn(*shape).requires_grad_(True)
+    weight = _randn(3, shape[1], 3, 3).requires_grad_(True)
+    bias = _randn(3).requires_grad_(True) if with_bias else None
+    ours = narrow_conv3x3(x, weight, bias)
+    theirs = F.conv2d(x, weight, bias, padding=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(*theirs.shape)
+    inputs = [x, weight] + ([bias] if with_bias else [])
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_sn_conv_uses_the_narrow_path_only_for_few_outputs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layers, "narrow_conv3x3", lambda *args: calls.append(args) or F.conv2d(*args, padding=1))
+    x = _randn(1, 8, 5, 5)
+    SNConv2d(8, 3).double().eval()(x)
+    assert len(calls) == 1
+    SNConv2d(8, 16).double().eval()(x)
+    SNConv2d(8, 3, 1, padding=0).double().eval()(x)
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 5), (1, 2, 2, 2)])

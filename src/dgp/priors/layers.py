@@ -233,11 +233,36 @@ def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor 
     return F.conv2d(x, _apply_taps(weight, taps), bias, stride=2, padding=1)
 
 
+def narrow_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``conv2d(x, weight, bias, padding=1)`` for few output channels (G's 3-channel output layer), as one
+    matrix product and a column-to-image sum (``F.fold``).
+
+    Every output channel and tap gets its plane in one product of the ``(out * 9, in)`` flipped taps with
+    ``x``; ``fold`` adds each tap's plane into the output at its offset. A CPU convolution kernel makes poor
+    use of 3 output channels; this is 1.4x faster forward and backward for one 64-channel image at 32 px and
+    2.3x for 32 images (micro-benchmark).
+
+    Args:
+        x: ``(B, in, H, W)``.
+        weight: ``(out, in, 3, 3)``.
+        bias: ``(out,)`` or ``None``.
+
+    Returns:
+        ``(B, out, H, W)``, equal to the convolution up to float rounding.
+    """
+    b, c, h, w = x.shape
+    taps = weight.flip(2, 3).permute(0, 2, 3, 1).reshape(-1, c)  # (out * 9, in), rows in fold's order
+    planes = torch.matmul(taps, x.reshape(b, c, h * w))  # (B, out * 9, H * W)
+    out = F.fold(planes, (h, w), 3, padding=1)
+    return out if bias is None else out + bias[:, None, None]
+
+
 class SNConv2d(nn.Conv2d, SpectralNorm):
     """2-D convolution with spectral norm. Input ``(B, in, H, W)``, output ``(B, out, H', W')``.
 
     ``upsampled_conv_min_side`` chooses how :meth:`forward_upsampled` works, ``pooled_max_channels`` when
-    :meth:`forward_pooled` uses one strided convolution.
+    :meth:`forward_pooled` uses one strided convolution, ``narrow_max_out_channels`` when :meth:`forward`
+    uses :func:`narrow_conv3x3`.
     """
 
     # micro-benchmark on a CPU (3x3, forward and backward): the transposed convolution is slower than
@@ -246,6 +271,8 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     # measured on a CPU: the strided 4x4 convolution is ~1.7x faster for 64-96 channels, even at 192 and
     # slower from 384 (6x at 768 channels, 16 px), where oneDNN seems to leave its fast path
     pooled_max_channels: int = 128
+    # measured on a CPU: a 64->3 convolution is faster as a product and a fold (:func:`narrow_conv3x3`)
+    narrow_max_out_channels: int = 4
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
                  bias: bool = True, eps: float = 1e-6) -> None:
@@ -256,6 +283,8 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
             self.register_buffer("pooled_taps", pooled_taps(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_plain_3x3() and self.out_channels <= self.narrow_max_out_channels:
+            return narrow_conv3x3(x, self.normalized_weight(), self.bias)
         return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
 
     def forward_upsampled(self, x: Tensor) -> Tensor:
