@@ -40,31 +40,24 @@ def _randn(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=_rng(), dtype=torch.float64)
 
 
+# (our layer, the original order of operations); both take (x, weight, bias) with a 3x3 weight
+SAME_VALUE_CONVOLUTIONS = {
+    "upsampled": (upsampled_conv3x3, lambda x, w, b: F.conv2d(F.interpolate(x, scale_factor=2), w, b, padding=1)),
+    "narrow": (narrow_conv3x3, lambda x, w, b: F.conv2d(x, w, b, padding=1)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SAME_VALUE_CONVOLUTIONS))
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (1, 5, 7, 3), (3, 2, 1, 1)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_upsampled_conv_equals_upsample_then_convolve(shape, with_bias):
-    x = _randn(*shape).requires_grad_(True)
-    weight = _randn(4, shape[1], 3, 3).requires_grad_(True)
-    bias = _randn(4).requires_grad_(True) if with_bias else None
-    ours = upsampled_conv3x3(x, weight, bias)
-    theirs = F.conv2d(F.interpolate(x, scale_factor=2), weight, bias, padding=1)
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
-    # gradients too: the generator is fine-tuned through this layer
-    g = _randn(*theirs.shape)
-    inputs = [x, weight] + ([bias] if with_bias else [])
-    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("shape", [(2, 6, 8, 8), (1, 5, 7, 3), (3, 2, 1, 1)])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_narrow_conv_equals_the_convolution(shape, with_bias):
+def test_convolutions_equal_the_original_order(kind, shape, with_bias):
+    ours_fn, theirs_fn = SAME_VALUE_CONVOLUTIONS[kind]
     x = _randn(*shape).requires_grad_(True)
     weight = _randn(3, shape[1], 3, 3).requires_grad_(True)
     bias = _randn(3).requires_grad_(True) if with_bias else None
-    ours = narrow_conv3x3(x, weight, bias)
-    theirs = F.conv2d(x, weight, bias, padding=1)
+    ours, theirs = ours_fn(x, weight, bias), theirs_fn(x, weight, bias)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    # gradients too: the generator is fine-tuned through these layers
     g = _randn(*theirs.shape)
     inputs = [x, weight] + ([bias] if with_bias else [])
     for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
