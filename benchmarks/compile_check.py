@@ -6,9 +6,9 @@ Usage::
 
 Compiles the loss of one lean single-image step (generator forward, degradation, discriminator features,
 feature distance; the backward pass through AOTAutograd), or with ``--batch B`` of one stacked group of B
-images as the batched engine runs it (per-image generators, one stacked forward pass), and times, eager and compiled: the
-first call (for the compiled one, tracing and code generation), and steady-state forward plus backward per
-step. Run it twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER``
+images as the batched engine runs it (per-image generators, one stacked forward pass), and times, eager and
+compiled: the first call (for the compiled one, tracing and code generation), and steady-state forward plus
+backward per step. Run it twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER``
 survives the process. Prints its figures; writes nothing. The engine does not compile (the README's Speed
 paragraph says why).
 """

@@ -276,7 +276,8 @@ def breakdown_table(totals: dict[str, float], op_time: float, wall: float, optim
     lines.append(f"| wall time per step without the profiler ({batch} image{'s' if batch > 1 else ''}) | "
                  f"{1e3 * wall / steps:.1f} | |")
     lines += ["", "The costliest operators (by input shapes; grouped convolutions show the batch folded into the "
-              "channels, as the batched engine runs them):", "", "| operator | input shapes | ms per step |", "| --- | --- | --- |"]
+              "channels, as the batched engine runs them):", "", "| operator | input shapes | ms per step |",
+              "| --- | --- | --- |"]
     lines += [f"| `{name}` | {shapes} | {1e3 * seconds / steps:.1f} |" for name, shapes, seconds in costliest]
     return lines
 

@@ -3,10 +3,10 @@
 The batched reconstruction engine tunes a copy of the generator per image. :func:`stacked_generator_forward`
 runs B such copies at once (with a :class:`StackedLayout` made once per batch): a tensor given in ``tensors``
 carries a leading image dimension ``B`` (image ``i`` uses slice ``i``), every other tensor is the generator's
-own and is shared by all images. Layers with
-per-image weights run as grouped convolutions and batched matrix products; layers whose weights are shared
-(typically the untuned output layer) run as ordinary batched layers. Image ``i`` gets the values of
-``G(z[i:i+1], G.shared(class_ids[i:i+1]))`` with its weights, up to float rounding.
+own and is shared by all images. Layers with per-image weights run as grouped convolutions and batched matrix
+products; layers whose weights are shared (typically the untuned output layer) run as ordinary batched layers.
+Image ``i`` gets the values of ``G(z[i:i+1], G.shared(class_ids[i:i+1]))`` with its weights, up to float
+rounding.
 
 This is written out per layer type, instead of mapping the single-image forward over the batch
 (``torch.func.vmap``), because it leaves out the copies and layout changes that mapping adds, and runs the
@@ -25,6 +25,7 @@ from dgp.priors.biggan import Generator
 from dgp.priors.layers import (
     GROUPED_SPECTRAL_NORM_MAX_NUMEL,
     Attention,
+    BatchNorm,
     ConditionalBatchNorm,
     FrozenInstanceNorm,
     GBlock,
@@ -115,12 +116,16 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     return out.reshape(b, -1, *out.shape[2:])
 
 
+def _eval_norm(x: Tensor, gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm | BatchNorm) -> Tensor:
+    """Batch norm in eval mode with per-image ``(B, C)`` gain and bias, folded into one ``x * scale + shift``."""
+    scale = gain * torch.rsqrt(norm.stored_var + norm.eps)
+    shift = bias - norm.stored_mean * scale
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+
+
 def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
     """Conditional batch norm in eval mode: ``x`` ``(B, C, H, W)``, ``y`` ``(B, cond_dim)``."""
-    gain = 1 + _linear(weights, bn.gain, y)
-    scale = gain * torch.rsqrt(bn.stored_var + bn.eps)
-    shift = _linear(weights, bn.bias, y) - bn.stored_mean * scale
-    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+    return _eval_norm(x, 1 + _linear(weights, bn.gain, y), _linear(weights, bn.bias, y), bn)
 
 
 def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, match: Tensor | None) -> Tensor:
@@ -180,8 +185,7 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     else:
         gain = gain if gain is not None else bn.gain.expand(h.shape[0], -1)
         bias = bias if bias is not None else bn.bias.expand(h.shape[0], -1)
-        scale = gain * torch.rsqrt(bn.stored_var + bn.eps)
-        h = torch.addcmul((bias - bn.stored_mean * scale)[:, :, None, None], h, scale[:, :, None, None])
+        h = _eval_norm(h, gain, bias, bn)
     return torch.tanh(_conv(weights, conv, F.relu(h)))
 
 
