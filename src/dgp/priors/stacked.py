@@ -102,7 +102,9 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
         bias = bias.expand(b, -1)
     if upsample and 2 * x.shape[-1] >= layer.upsampled_conv_min_side and layer.is_plain_3x3():
         # one stride-2 transposed convolution per image (as upsampled_conv3x3), faster than the grouped one
-        kernels = (w.transpose(1, 2).flatten(3) @ layer.upsampled_taps).unflatten(3, (4, 4))  # (B, in, out, 4, 4)
+        # (B, in, out, 4, 4), as one 2-D matrix product (its gradient too: no batch of tiny products)
+        per_tap = w.transpose(1, 2)
+        kernels = (per_tap.reshape(-1, 9) @ layer.upsampled_taps).reshape(*per_tap.shape[:3], 4, 4)
         biases = [None] * b if bias is None else bias.unbind(0)
         return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
                           for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
@@ -117,10 +119,11 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
 
 
 def _eval_norm(x: Tensor, gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm | BatchNorm) -> Tensor:
-    """Batch norm in eval mode with per-image ``(B, C)`` gain and bias, folded into one ``x * scale + shift``."""
+    """Batch norm in eval mode with per-image ``(B, C)`` or shared ``(C,)`` gain and bias, folded into one
+    ``x * scale + shift`` (one pass over ``x``; its gradient with respect to ``x`` is one product)."""
     scale = gain * torch.rsqrt(norm.stored_var + norm.eps)
     shift = bias - norm.stored_mean * scale
-    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
 
 
 def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
@@ -179,13 +182,8 @@ def _attention(weights: _Weights, att: Attention, x: Tensor) -> Tensor:
 def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     """Batch norm, ReLU, convolution and tanh: ``(B, C, R, R)`` features to ``(B, 3, R, R)`` images."""
     bn, conv = G.output_layer[0], G.output_layer[2]
-    gain, bias = weights.stacked(bn, "gain"), weights.stacked(bn, "bias")
-    if gain is None and bias is None:
-        h = bn(h)
-    else:
-        gain = gain if gain is not None else bn.gain.expand(h.shape[0], -1)
-        bias = bias if bias is not None else bn.bias.expand(h.shape[0], -1)
-        h = _eval_norm(h, gain, bias, bn)
+    (gain, _), (bias, _) = weights.get(bn, "gain"), weights.get(bn, "bias")  # (B, C) or shared (C,)
+    h = _eval_norm(h, gain, bias, bn)
     return torch.tanh(_conv(weights, conv, F.relu(h)))
 
 
