@@ -344,12 +344,15 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
              f"| one group of {group} alone, 1 thread, all through one shared generator (no per-image weights) | "
              f"{med['shared']:.1f} | {rng['shared']} |"]
     slowdown = med["batch"] / med["stacked"]
+    together = (f"costs {100 * (slowdown - 1):.0f}% (they share the memory bus and the last-level cache)"
+                if slowdown >= 1.005 else
+                f"cost nothing measurable in this run ({100 * (slowdown - 1):+.0f}%, within the rounds' spread)")
     reading = (
         f"{batch} images at once reach 3x the images/s of one image at a time when a step of the batch takes "
         f"at most {batch}/3 x one image's step, here {limit:.1f} ms; the engine's step took {med['batch']:.1f} ms, "
         f"{batch * med['single'] / med['batch']:.2f}x one image at a time (set-up excluded). Its {threads} groups "
         f"run side by side, each on a core of its own; one group alone takes {med['stacked']:.1f} ms, so running "
-        f"them together costs {100 * (slowdown - 1):.0f}% (they share the memory bus and the last-level cache). "
+        f"them together {together}. "
         f"Through one shared generator a group takes {med['shared']:.1f} ms: the per-image weights (grouped "
         "convolutions, a spectral norm and an Adam state per image, per-image products in the conditional "
         f"batch norms) cost {100 * (1 - med['shared'] / med['stacked']):.0f}% of its step. The shared "

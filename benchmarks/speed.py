@@ -14,9 +14,11 @@ latent-search time for 500 candidates, peak resident memory, FLOPs per iteration
 On a shared machine a run can slow down for seconds at a time, so the single-image, reference-loop and batched
 timings are taken in interleaved rounds (``--repeats`` for the shipped prior, ``--imagenet-repeats`` for the
 128-px model; every path and batch size once a round, so a slow spell hits all of them alike) and reported as
-medians, with the range; the colorization preset is the median of up to 3 runs. The process keeps freed memory
-for reuse as the ``dgp`` command does (:mod:`dgp.allocator`); ``--system-allocator`` measures with glibc's
-defaults instead.
+medians, with the range; the colorization preset is the median of up to 3 runs. The conv peak moves as much
+(250 to 390 GFLOP/s within an hour on 2026-12-02), so it is measured at the start and once a round, reported
+as the median, and each batch size's fraction of it is also taken against its own round's peak. The process
+keeps freed memory for reuse as the ``dgp`` command does (:mod:`dgp.allocator`); ``--system-allocator``
+measures with glibc's defaults instead.
 """
 
 from __future__ import annotations
