@@ -86,6 +86,25 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     return out if bias is None else out + bias
 
 
+class _Upsample2x(torch.autograd.Function):
+    """``F.interpolate(x, scale_factor=2)`` (nearest) for ``(B, C, H, W)`` ``x``, forward as one broadcast copy.
+
+    On a CPU, PyTorch's nearest-upsampling kernel copies a contiguous input and its output to and from the
+    channels-last layout; for the batch's 16-to-32-px shortcut that is three extra passes over megabytes. The
+    backward pass is PyTorch's own (the sum over each 2x2 block)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's signature
+        b, c, h, w = x.shape
+        ctx.input_size = (b, c, h, w)
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        b, c, h, w = ctx.input_size
+        return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
+
+
 def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False) -> Tensor:
     """``(B, in, H, W) -> (B, out, H', W')`` through a spectral-norm convolution, of ``x`` upsampled 2x (nearest)
     when ``upsample`` is set."""
@@ -94,13 +113,24 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     if stacked_weight is None and not bias_per_image:
         return layer.forward_upsampled(x) if upsample else layer(x)
     b = x.shape[0]
+    if bias is not None and not bias_per_image:
+        bias = bias.expand(b, -1)
+    if upsample and (2 * x.shape[-1] < layer.upsampled_conv_min_side or not layer.is_plain_3x3()):
+        x, upsample = _Upsample2x.apply(x), False  # upsample, then convolve (as BigGAN does)
+    grouped = not upsample and layer.kernel_size != (1, 1)
+    if stacked_weight is not None and grouped and x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel():
+        # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less
+        # work than dividing the weight, forward and backward; the bias is added after
+        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), stacked_weight.flatten(0, 1), None, layer.stride,
+                       layer.padding, groups=b)
+        out = out.reshape(b, -1, *out.shape[2:])
+        scale = _per_image(weights.inverse_sigma(layer), 3)
+        return out * scale if bias is None else torch.addcmul(bias[:, :, None, None], out, scale)
     if stacked_weight is None:  # a shared weight with per-image biases
         w = layer.normalized_weight().expand(b, *layer.weight.shape)
     else:
         w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
-    if bias is not None and not bias_per_image:
-        bias = bias.expand(b, -1)
-    if upsample and 2 * x.shape[-1] >= layer.upsampled_conv_min_side and layer.is_plain_3x3():
+    if upsample:
         # one stride-2 transposed convolution per image (as upsampled_conv3x3), faster than the grouped one
         # (B, in, out, 4, 4), as one 2-D matrix product (its gradient too: no batch of tiny products)
         per_tap = w.transpose(1, 2)
@@ -108,8 +138,6 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
         biases = [None] * b if bias is None else bias.unbind(0)
         return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
                           for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
-    if upsample:
-        x = F.interpolate(x, scale_factor=2)
     if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1):
         out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
         return out if bias is None else out + bias[:, :, None, None]
@@ -163,7 +191,7 @@ def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool)
     h = F.relu(norm(block.bn2, block.in2, h))
     block.in_ready = use_in
     if block.upsample:
-        x = F.interpolate(x, scale_factor=2)
+        x = _Upsample2x.apply(x)
     return _conv(weights, block.conv2, h) + x
 
 
