@@ -7,10 +7,10 @@ Usage::
 Timings on a shared machine drift by 20-30% within minutes, more than most single changes to the engine are
 worth, so the two versions run in alternating rounds in one process (the order flips every round) and the
 figure to read is the median of the per-round ratios. Each round times ``--steps`` fully-open optimisation
-steps of ``--batch`` grayscale observations with the shipped prior (D-feature loss, no latent search): by
-default one stacked group on one thread (the unit ``DGPReconstructor.batch`` runs in each thread), with
-``--engine`` the whole batch through ``DGPReconstructor.batch`` on all threads, set-up excluded (the
-difference between runs of ``steps + 1`` steps and of 1 step). Nothing is written.
+steps of ``--batch`` grayscale observations with the shipped prior (D-feature loss, no latent search), after a
+warm-up run, as ``profile_reconstruction.py`` times them: by default one stacked group on one thread (the unit
+``DGPReconstructor.batch`` runs in each thread), with ``--engine`` the whole batch through
+``DGPReconstructor.batch`` on all threads, set-up excluded. Nothing is written.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -30,13 +28,9 @@ import torch
 
 import dgp.reconstruct as reconstruct
 from dgp.allocator import keep_freed_memory
-from dgp.degradations import parse_degradation
-from dgp.objective import Objective
 from dgp.priors import stacked
-from dgp.priors.layers import constant_network
-from dgp.priors.registry import Prior, load_prior
-from dgp.reconstruct import DGPReconstructor, StackedGenerators, run_stages
-from dgp.schedule import Schedule, Stage
+from dgp.priors.registry import load_prior
+from profile_reconstruction import engine_step_seconds, group_step_seconds  # this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,43 +52,6 @@ def use(module: ModuleType) -> None:
     """Make ``StackedGenerators`` run ``module``'s stacked pass."""
     reconstruct.StackedLayout = module.StackedLayout
     reconstruct.stacked_generator_forward = module.stacked_generator_forward
-
-
-def schedule(steps: int) -> Schedule:
-    return Schedule("ab", (Stage(steps, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
-
-
-def group_timer(prior: Prior, batch: int, steps: int) -> Callable[[], float]:
-    """Seconds per step of one stacked group of ``batch`` images on the current threads."""
-    size = (prior.resolution, prior.resolution)
-    deg = parse_degradation("gray", size=size)
-    target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
-    ids = torch.zeros(batch, dtype=torch.long)
-
-    def run() -> float:
-        with constant_network(prior.D):
-            objective = Objective(prior.D, target)
-            tuned = StackedGenerators(prior.G, ids, False, False)
-            z = torch.zeros(batch, prior.G.dim_z, requires_grad=True)
-            start = time.perf_counter()
-            run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), schedule(steps), None)
-            return (time.perf_counter() - start) / steps
-
-    return run
-
-
-def engine_timer(prior: Prior, batch: int, steps: int) -> Callable[[], float]:
-    """Seconds per step of ``batch`` images through ``DGPReconstructor.batch``, set-up excluded."""
-    size = (prior.resolution, prior.resolution)
-    deg = parse_degradation("gray", size=size)
-    obs = deg.observe(torch.zeros(1, 3, *size))
-
-    def timed(n: int) -> float:
-        start = time.perf_counter()
-        DGPReconstructor(prior, schedule(n)).batch([obs] * batch, deg, [0] * batch)
-        return time.perf_counter() - start
-
-    return lambda: max(0.0, timed(steps + 1) - timed(1)) / steps
 
 
 def main() -> None:
@@ -119,7 +76,12 @@ def main() -> None:
         except subprocess.CalledProcessError as exc:
             sys.exit(f"error: cannot read src/dgp/priors/stacked.py at {args.old}: {exc.stderr.strip()}")
     versions = {args.old: old, "this checkout": stacked}
-    timer = (engine_timer if args.engine else group_timer)(prior, args.batch, args.steps)
+    if args.engine:
+        def timer() -> float:
+            return engine_step_seconds(prior, args.batch, args.steps)
+    else:
+        def timer() -> float:
+            return group_step_seconds(prior, args.batch, args.steps, shared=False)
     times: dict[str, list[float]] = {name: [] for name in versions}
     for name, module in versions.items():  # warm-up
         use(module)

@@ -228,7 +228,7 @@ class StackedGenerators:
 
     def states(self) -> list[dict[str, Tensor]]:
         order = list(self.G.state_dict().keys())
-        stacked = {**self.params, **self.buffers}
+        stacked = self.stacked
         return [{k: (stacked[k][i] if k in stacked else self.fixed[k]).detach().cpu().clone() for k in order}
                 for i in range(len(self.class_ids))]
 
