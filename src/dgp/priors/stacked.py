@@ -10,7 +10,7 @@ rounding.
 
 This is written out per layer type, instead of mapping the single-image forward over the batch
 (``torch.func.vmap``), because it leaves out the copies and layout changes that mapping adds, and runs the
-stride-2 transposed convolution per image (faster on a CPU than its grouped form).
+stride-2 transposed convolution per image forward (faster on a CPU than its grouped form) and grouped backward.
 """
 
 from __future__ import annotations
@@ -105,6 +105,33 @@ class _Upsample2x(torch.autograd.Function):
         return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
 
 
+class _UpsampledConv(torch.autograd.Function):
+    """Per-image stride-2 transposed convolutions with 4x4 kernels: ``x`` ``(B, in, H, W)``, ``kernels``
+    ``(B, in, out, 4, 4)`` and ``bias`` ``(B, out)`` or ``None`` to ``(B, out, 2H, 2W)``.
+
+    On a CPU the forward pass is fastest one image at a time, the backward pass as one grouped transposed
+    convolution (its data and weight gradients in one call, with no per-image slices to gather)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernels: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x, kernels)
+        ctx.has_bias = bias is not None
+        biases = [None] * x.shape[0] if bias is None else bias.unbind(0)
+        return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
+                          for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: ANN001
+        x, kernels = ctx.saved_tensors
+        b = x.shape[0]
+        grad_x, grad_k, _ = torch.ops.aten.convolution_backward(
+            grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernels.flatten(0, 1), None,
+            [2, 2], [1, 1], [1, 1], True, [0, 0], b, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        grad_bias = grad.sum((2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return (None if grad_x is None else grad_x.view_as(x), None if grad_k is None else grad_k.view_as(kernels),
+                grad_bias)
+
+
 def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False) -> Tensor:
     """``(B, in, H, W) -> (B, out, H', W')`` through a spectral-norm convolution, of ``x`` upsampled 2x (nearest)
     when ``upsample`` is set."""
@@ -131,13 +158,11 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     else:
         w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
     if upsample:
-        # one stride-2 transposed convolution per image (as upsampled_conv3x3), faster than the grouped one
-        # (B, in, out, 4, 4), as one 2-D matrix product (its gradient too: no batch of tiny products)
+        # stride-2 transposed convolutions (as upsampled_conv3x3; per image forward, grouped backward) with
+        # kernels (B, in, out, 4, 4) from one 2-D matrix product (its gradient too: no batch of tiny products)
         per_tap = w.transpose(1, 2)
         kernels = (per_tap.reshape(-1, 9) @ layer.upsampled_taps).reshape(*per_tap.shape[:3], 4, 4)
-        biases = [None] * b if bias is None else bias.unbind(0)
-        return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
-                          for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
+        return _UpsampledConv.apply(x, kernels, bias)
     if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1):
         out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
         return out if bias is None else out + bias[:, :, None, None]
