@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import platform
 import statistics
 import time
 from collections import defaultdict
@@ -41,6 +40,7 @@ from dgp.objective import Objective
 from dgp.priors.layers import constant_network
 from dgp.reconstruct import DGPReconstructor, StackedGenerators, TunedGenerator, run_stages
 from dgp.schedule import Schedule, Stage
+from speed import cpu_name  # this script's folder
 
 # (category, substrings of aten operator names), first match wins; everything else is "other".
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
@@ -385,7 +385,7 @@ def main() -> None:
     bound = batch_bound(prior, args.batch, args.steps)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+            f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}, prior `{prior.name}` ({prior.resolution} px). The observation is a random "
             "image: timings do not depend on its content.", "",
             f"## The {args.preset} preset, phase by phase", "", *stages, "",

@@ -44,6 +44,18 @@ from dgp.reference import reference_reconstruct
 from dgp.schedule import PRESETS, Schedule, Stage
 
 
+def cpu_name() -> str:
+    """The processor's model name as Linux reports it (``/proc/cpuinfo``), else the platform's machine type:
+    figures from different machines are not comparable, and the project's machines change between runs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def conv_peak_gflops(seconds: float = 3.0) -> float:
     """Sustained GFLOP/s of a large 3x3 convolution (forward), this machine's practical peak."""
     x = torch.randn(16, 128, 32, 32)
@@ -239,7 +251,7 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
     repeats = rows[0].get("repeats", 1)
     peak = statistics.median(peaks)
     lines = ["# Performance", "",
-             f"Measured by `{command}` on {platform.processor() or platform.machine()}, "
+             f"Measured by `{command}` on {cpu_name()}, "
              f"{torch.get_num_threads()} torch threads (of {threads} requested), torch {torch.__version__}, "
              f"{allocator}. "
              f"Convolution peak measured in the same run: **{peak:.1f} GFLOP/s** (3x3 conv, 128 channels, 32x32, "
