@@ -44,7 +44,7 @@ from speed import cpu_name  # this script's folder
 
 # (category, substrings of aten operator names), first match wins; everything else is "other".
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("convolution backward", ("convolution_backward",)),
+    ("convolution backward", ("convolution_backward", "conv2d_backward")),
     ("convolution forward", ("convolution", "conv2d")),
     ("matrix multiply (linear, SN, attention)", ("addmm", "::mm", "bmm", "matmul", "linear", "::mv", "::dot")),
     ("normalisation (batch/instance norm)", ("batch_norm", "instance_norm", "var_mean", "::var", "::std",

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dgp.allocator import keep_freed_memory
 from dgp.degradations import parse_degradation
@@ -86,6 +86,20 @@ class _NoModules:
         return None
 
 
+def _im2col_conv_flops(x_shape: list[int], w_shape: list[int], *args: object, out_shape: list[int],
+                       **kwargs: object) -> int:
+    """FLOPs of PyTorch's im2col convolution (``aten._slow_conv2d_forward``), which the flop counter's own
+    formula for it reads with the wrong arguments (torch 2.13)."""
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
+def _im2col_conv_backward_flops(grad_shape: list[int], x_shape: list[int], w_shape: list[int], kernel_size: object,
+                                stride: object, padding: object, output_mask: list[bool], **kwargs: object) -> int:
+    """FLOPs of its backward pass, which the flop counter does not count: as many as the forward pass for each
+    gradient computed (input and weight)."""
+    return conv_flop_count(x_shape, w_shape, grad_shape) * sum(map(bool, output_mask[:2]))
+
+
 def flops_per_iteration(prior: Prior) -> float:
     """FLOPs of one optimisation step (G forward, degradation, D forward, backward), counted by PyTorch as the
     difference between runs of 2 and 1 steps (so set-up work such as the target's features cancels out)."""
@@ -93,7 +107,9 @@ def flops_per_iteration(prior: Prior) -> float:
     obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
     totals = []
     for steps in (1, 2):
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten._slow_conv2d_forward: _im2col_conv_flops,
+            torch.ops.aten._slow_conv2d_backward: _im2col_conv_backward_flops})
         counter.mod_tracker = _NoModules()
         with counter:
             DGPReconstructor(prior, one_stage(steps))(obs, deg, 0)

@@ -23,6 +23,7 @@ from dgp.priors.layers import (
     SNConv2d,
     SNLinear,
     constant_network,
+    eval_inverse_sigma,
     frozen_spectral_norm,
     grouped_spectral_norm,
     narrow_conv3x3,
@@ -73,6 +74,23 @@ def test_sn_conv_uses_the_narrow_path_only_for_few_outputs(monkeypatch):
     SNConv2d(8, 16).double().eval()(x)
     SNConv2d(8, 3, 1, padding=0).double().eval()(x)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("in_channels, kernel, padding", [(3, 3, 1), (2, 1, 0), (4, 3, 0)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_sn_conv_with_few_inputs_equals_the_convolution(in_channels, kernel, padding, batch):
+    """Few input channels (D's RGB layer) take PyTorch's im2col kernel on a CPU: the convolution's values and
+    gradients, for the input and the weight alike."""
+    conv = SNConv2d(in_channels, 6, kernel, padding=padding).double().eval()
+    assert conv.in_channels <= conv.narrow_max_in_channels
+    x = _randn(batch, in_channels, 7, 6).requires_grad_(True)
+    ours = conv(x)
+    theirs = F.conv2d(x, conv.normalized_weight(), conv.bias, padding=padding)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(*theirs.shape)
+    inputs = [x, conv.weight, conv.bias]
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 4, 7, 5), (1, 2, 2, 2)])
@@ -134,6 +152,20 @@ def test_eval_spectral_norm_equals_the_power_iteration():
     layer.train().normalized_weight()  # training mode stores its power iteration, eval mode never does
     assert not torch.equal(layer.u0, u)
     torch.testing.assert_close(layer.sv0, spectral_sigma(layer.weight, u, layer.sn_eps)[0].reshape(1))
+
+
+@pytest.mark.parametrize("w_shape, u_shape", [((4, 6), (1, 4)), ((3, 4, 6), (1, 4)), ((2, 3, 4, 6), (2, 1, 1, 4))])
+def test_inverse_sigma_as_a_matrix_product_equals_the_broadcast_form(w_shape, u_shape, monkeypatch):
+    """Large weights take a matrix product: the broadcast form's values and gradients."""
+    w, u = _randn(*w_shape).requires_grad_(True), _randn(*u_shape)
+    theirs = eval_inverse_sigma(w, u, 1e-6)
+    monkeypatch.setattr(layers, "BROADCAST_PRODUCT_MAX_NUMEL", 0)
+    ours = eval_inverse_sigma(w, u, 1e-6)
+    assert ours.shape == w_shape[:-2]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    g = _randn(ours.numel()).reshape(ours.shape)
+    torch.testing.assert_close(torch.autograd.grad(ours, w, g)[0], torch.autograd.grad(theirs, w, g)[0],
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_linear_scales_its_output_by_the_inverse_sigma():

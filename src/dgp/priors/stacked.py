@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dgp.priors.biggan import Generator
 from dgp.priors.layers import (
+    BROADCAST_PRODUCT_MAX_NUMEL,
     GROUPED_SPECTRAL_NORM_MAX_NUMEL,
     Attention,
     BatchNorm,
@@ -81,8 +82,11 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    # a broadcast product and a sum: faster than a batched product with one row, forward and backward
-    out = (w * x.unsqueeze(1)).sum(2) * weights.inverse_sigma(layer).unsqueeze(1)
+    if w.numel() > BROADCAST_PRODUCT_MAX_NUMEL:  # a product with one column per image (see the constant)
+        product = torch.bmm(w, x.unsqueeze(2)).squeeze(2)
+    else:
+        product = (w * x.unsqueeze(1)).sum(2)
+    out = product * weights.inverse_sigma(layer).unsqueeze(1)
     return out if bias is None else out + bias
 
 
