@@ -8,8 +8,9 @@ Usage::
 Inputs: CIFAR-10 test images from ``../shared/data/cifar10-jpg.tar.gz`` when present (else samples of the prior),
 colorized with ``--degrade`` (so PSNR is measured too). Every configuration restores the same images into a
 fresh folder; the outputs are checked to be identical across configurations. Each worker runs torch on one
-thread, so "1 worker" is one core, except in the last configuration: one worker with a thread per core, whose
-batched engine splits each batch across them (what `dgp batch --batch-size N` does). The wall time of a run
+thread, so "1 worker" is one core, except in one configuration: one worker with a thread per core, whose
+batched engine splits each batch across them (what `dgp batch --batch-size N` does); the last one runs the
+same groups of images in one worker process per core instead. The wall time of a run
 includes starting its workers (processes or Ray actors); starting the local Ray instance itself is timed apart.
 """
 
@@ -127,6 +128,10 @@ def main() -> None:
         if cores > 1:  # what `dgp batch --batch-size N` does by default: the driver's threads on every core
             configs.append((f"local, 1 worker on {cores} threads, batched engine (`--batch-size {args.batch_size}`)",
                             make_backend(1), 1, args.batch_size, cores))
+            # the same groups of images, one per worker process instead of one per thread of one process
+            per_worker = max(1, args.batch_size // cores)
+            configs.append((f"local, {cores} worker processes, batched engine (`--workers {cores} --batch-size "
+                            f"{per_worker}`)", make_backend(cores), cores, per_worker, 1))
 
     # Warm up torch in this process (first-call costs would otherwise land on the first configuration).
     run_batch(inputs[:1], work / "warm-up", settings, prior)
@@ -215,7 +220,10 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
         "The batched engine (`--batch-size`) runs a batch's images through one stacked generator, which uses a "
         "core better than one small image at a time; given several torch threads (as `dgp batch` with one "
         "worker has by default) it splits the batch into one group per thread, each tuned in a thread of its "
-        "own. Its results equal one-at-a-time restoration only within "
+        "own. The threads of one process take turns at Python's global interpreter lock while they issue "
+        "operators; worker processes (`--workers`, each tuning its own batch on its own core) do not, which "
+        "the last configuration measures against the one before it (the same groups of images). The batched "
+        "engine's results equal one-at-a-time restoration only within "
         "float tolerance, and the optimisation amplifies those differences over the iterations (last column), "
         "so `dgp batch` keeps one image at a time by default, where results do not depend on how the work is "
         "split.",

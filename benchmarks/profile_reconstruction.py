@@ -12,7 +12,8 @@ sorts the operators' own CPU time into categories (convolution forward and backw
 The gap between the wall time of the profiled steps and the operators' time is Python and dispatch overhead.
 Part 3 times a step of the batch against one image's and against one of its groups (the unit each thread runs)
 alone, with per-image generators and through one shared generator: what the batch target asks and what bounds
-any engine that tunes a generator per image.
+any engine that tunes a generator per image; and the same group of an 8-channel model alone and side by side
+with another in threads, which separates the cost of issuing operators in parallel from that of arithmetic.
 Timings are for the given image content-independent: the observation is a random image.
 """
 
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import math
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -150,13 +152,15 @@ def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, fl
     return statistics.median(full_times), statistics.median(thin_times)
 
 
-def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool) -> float:
+def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool, side_by_side: int = 1) -> float:
     """Wall seconds per fully-open optimisation step of one group of ``batch`` images on the current threads.
 
     Each image has its own generator (:class:`StackedGenerators`, the group ``DGPReconstructor.batch`` runs in
     each of its threads), or, with ``shared``, all images go through one generator (:class:`TunedGenerator` on
     the batch): no per-image weights, so no grouped convolutions, one spectral norm per layer and one Adam
-    state, which is less work than any engine that tunes a generator per image can do.
+    state, which is less work than any engine that tunes a generator per image can do. With ``side_by_side``
+    groups, each runs in a thread of its own on one intra-op thread (as the engine runs its groups) and the
+    slowest counts.
     """
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
@@ -172,10 +176,25 @@ def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool) -> fl
         run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), schedule, None)
         return time.perf_counter() - start
 
+    def in_threads() -> float:
+        seconds: list[float] = []
+
+        def work() -> None:
+            torch.set_num_threads(1)
+            seconds.append(run())
+
+        threads = [threading.Thread(target=work) for _ in range(side_by_side)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return max(seconds)
+
+    timed = run if side_by_side == 1 else in_threads
     with constant_network(prior.D):
         objective = Objective(prior.D, target)
-        run()  # warm-up
-        return run() / steps
+        timed()  # warm-up
+        return timed() / steps
 
 
 def engine_step_seconds(prior: Prior, batch: int, steps: int) -> float:
@@ -192,12 +211,15 @@ def engine_step_seconds(prior: Prior, batch: int, steps: int) -> float:
 
 
 def batch_bound(prior: Prior, batch: int, steps: int, rounds: int = 5) -> dict[str, list[float]]:
-    """Seconds per step, in interleaved rounds: one image and ``batch`` images at once on all threads, and
-    the batch's largest group (the engine splits a batch into one group per thread) alone on one thread,
-    stacked and shared."""
+    """Seconds per step, in interleaved rounds: one image and ``batch`` images at once on all threads, the
+    batch's largest group (the engine splits a batch into one group per thread) alone on one thread, stacked
+    and shared, and the same group of :func:`thin_prior` alone and as many side by side as there are threads
+    (what issuing the operators costs, and what running that side by side adds)."""
     threads = torch.get_num_threads()
     group = math.ceil(batch / threads)
-    times: dict[str, list[float]] = {"single": [], "batch": [], "stacked": [], "shared": []}
+    thin = thin_prior(prior)
+    times: dict[str, list[float]] = {"single": [], "batch": [], "stacked": [], "shared": [], "thin": [],
+                                     "thin_side_by_side": []}
     for _ in range(rounds):
         times["single"].append(engine_step_seconds(prior, 1, steps))
         times["batch"].append(engine_step_seconds(prior, batch, steps))
@@ -205,6 +227,9 @@ def batch_bound(prior: Prior, batch: int, steps: int, rounds: int = 5) -> dict[s
         try:
             times["stacked"].append(group_step_seconds(prior, group, steps, shared=False))
             times["shared"].append(group_step_seconds(prior, group, steps, shared=True))
+            times["thin"].append(group_step_seconds(thin, group, steps, shared=False))
+            times["thin_side_by_side"].append(group_step_seconds(thin, group, steps, shared=False,
+                                                                 side_by_side=threads))
         finally:
             torch.set_num_threads(threads)
     return times
@@ -342,11 +367,23 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
              f"| one group of {group} alone, 1 thread, each image with its own generator (as in the engine) | "
              f"{med['stacked']:.1f} | {rng['stacked']} |",
              f"| one group of {group} alone, 1 thread, all through one shared generator (no per-image weights) | "
-             f"{med['shared']:.1f} | {rng['shared']} |"]
+             f"{med['shared']:.1f} | {rng['shared']} |",
+             f"| the same group of the 8-channel model (the prior's operators, almost no arithmetic), alone | "
+             f"{med['thin']:.1f} | {rng['thin']} |",
+             f"| {threads} such groups side by side, each in a thread of its own (as the engine runs them) | "
+             f"{med['thin_side_by_side']:.1f} | {rng['thin_side_by_side']} |"]
     slowdown = med["batch"] / med["stacked"]
-    together = (f"costs {100 * (slowdown - 1):.0f}% (they share the memory bus and the last-level cache)"
-                if slowdown >= 1.005 else
+    added, thin_added = med["batch"] - med["stacked"], med["thin_side_by_side"] - med["thin"]
+    together = (f"costs {100 * (slowdown - 1):.0f}% ({added:.1f} ms a step)" if slowdown >= 1.005 else
                 f"cost nothing measurable in this run ({100 * (slowdown - 1):+.0f}%, within the rounds' spread)")
+    thin_reading = (
+        f"The 8-channel model, which issues the same operators with almost no arithmetic or memory traffic, "
+        f"takes {med['thin']:.1f} ms a step for a group alone and {med['thin_side_by_side']:.1f} ms with "
+        f"{threads} groups side by side: {thin_added:+.1f} ms a step that come from issuing operators on "
+        "several threads of one process at once, not from arithmetic or memory traffic: the threads take turns "
+        "at Python's global interpreter lock, which a thread holds while it issues an operator from Python "
+        "(forward pass, optimizer) and takes back after each. Worker processes, one lock each, do not contend "
+        "(README, 'Speed').")
     reading = (
         f"{batch} images at once reach 3x the images/s of one image at a time when a step of the batch takes "
         f"at most {batch}/3 x one image's step, here {limit:.1f} ms; the engine's step took {med['batch']:.1f} ms, "
@@ -359,7 +396,7 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
         "generator is not a way to run DGP (it cannot tune each image's own copy of G); it bounds what any engine "
         f"that does can reach here: {batch * med['single'] / (med['shared'] * slowdown):.2f}x one image at a time "
         f"with the measured side-by-side slow-down, {batch * med['single'] / med['shared']:.2f}x without any.")
-    return lines + ["", reading]
+    return lines + ["", reading, "", thin_reading]
 
 
 def main() -> None:

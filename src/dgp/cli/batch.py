@@ -154,8 +154,9 @@ def batch_command(
                                    "(HOST:6379, auto, ray://HOST:10001), that cluster. Put it after INPUT."),
     retries: int = typer.Option(2, "--retries", min=0, help="Extra tries for an image whose worker was lost."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images each worker restores together with "
-                                   "the batched engine (faster, above all on a GPU). Above 1, each result depends "
-                                   "on the images that shared its batch."),
+                                   "the batched engine (faster, above all on a GPU; on a CPU, fastest with "
+                                   "--workers set to the cores). Above 1, each result depends on the images that "
+                                   "shared its batch."),
     prior: str = PriorOpt, weights: Path | None = WeightsOpt,
     preset: str | None = typer.Option(None, "--preset", help="Schedule preset (default: the task's)."),
     iterations_scale: float | None = ScaleOpt, candidates: int | None = CandOpt, seed: int = SeedOpt,

@@ -1,0 +1,116 @@
+"""What running groups of the batched engine side by side costs: as threads of one process, and as processes.
+
+Usage::
+
+    .venv/bin/python benchmarks/side_by_side.py [--batch 8] [--steps 10] [--rounds 5]
+
+``DGPReconstructor.batch`` tunes one group of images per thread. This times one group's fully-open steps
+(set-up and each run's first call excluded) alone on one thread, two groups side by side as two threads of
+this process (as the engine runs them), and two groups side by side as two worker processes, for the shipped
+prior and for the same architecture with 8-channel layers (the prior's operators with almost no arithmetic:
+what issuing them costs). Medians of ``--rounds``; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+import torch
+
+from dgp.allocator import keep_freed_memory
+from dgp.degradations import parse_degradation
+from dgp.objective import Objective
+from dgp.priors.layers import constant_network
+from dgp.priors.registry import load_prior
+from dgp.reconstruct import StackedGenerators, run_stages
+from profile_reconstruction import fully_open_schedule, thin_prior  # this script's folder
+
+
+def group_runner(thin: bool, batch: int, steps: int) -> Callable[[], float]:
+    """A function that tunes one group of ``batch`` images for ``steps`` steps on one intra-op thread and
+    returns ms per step (D is left as a constant network for the process's lifetime)."""
+    prior = load_prior("cifar10")
+    if thin:
+        prior = thin_prior(prior)
+    size = (prior.resolution, prior.resolution)
+    deg = parse_degradation("gray", size=size)
+    target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
+    constant_network(prior.D).__enter__()
+    objective = Objective(prior.D, target)
+    ids = torch.zeros(batch, dtype=torch.long)
+
+    def run() -> float:
+        torch.set_num_threads(1)
+        tuned = StackedGenerators(prior.G, ids, False, False)
+        z = torch.zeros(batch, prior.G.dim_z, requires_grad=True)
+        start = time.perf_counter()
+        run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), fully_open_schedule(steps), None)
+        return 1e3 * (time.perf_counter() - start) / steps
+
+    run()  # first calls
+    return run
+
+
+def process_worker(thin: bool, batch: int, steps: int, rounds: int, barrier: Barrier, results: Any) -> None:
+    """Body of a worker process: one group, started together with the other worker in every round."""
+    keep_freed_memory()
+    run = group_runner(thin, batch, steps)
+    for _ in range(rounds):
+        barrier.wait()
+        results.put(run())
+
+
+def measure(thin: bool, batch: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median ms per step of a group alone, as two threads and as two processes (the slower group counts)."""
+    run = group_runner(thin, batch, steps)
+    alone = [run() for _ in range(rounds)]
+    threads = []
+    for _ in range(rounds):
+        out: list[float] = []
+        pair = [threading.Thread(target=lambda: out.append(run())) for _ in range(2)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        threads.append(max(out))
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=process_worker, args=(thin, batch, steps, rounds, barrier, results))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    values = [results.get() for _ in range(2 * rounds)]
+    for w in workers:
+        w.join()
+    processes = [max(values[2 * i:2 * i + 2]) for i in range(rounds)]
+    return {k: statistics.median(v) for k, v in (("alone", alone), ("threads", threads), ("processes", processes))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8, help="images per group")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if min(args.batch, args.steps, args.rounds) < 1:
+        parser.error("--batch, --steps and --rounds must be at least 1")
+    keep_freed_memory()  # as the dgp command does
+    print(f"ms per step of a group of {args.batch} images on one thread (median of {args.rounds} rounds of "
+          f"{args.steps} steps)")
+    print("| model | alone | two side by side, threads | two side by side, processes |")
+    print("| --- | --- | --- | --- |")
+    for thin in (False, True):
+        m = measure(thin, args.batch, args.steps, args.rounds)
+        name = "8-channel layers" if thin else "shipped prior"
+        print(f"| {name} | {m['alone']:.1f} | {m['threads']:.1f} | {m['processes']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
