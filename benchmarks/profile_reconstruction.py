@@ -152,19 +152,19 @@ def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, fl
     return statistics.median(full_times), statistics.median(thin_times)
 
 
-def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool, side_by_side: int = 1) -> float:
-    """Wall seconds per fully-open optimisation step of one group of ``batch`` images on the current threads.
+def group_runner(prior: Prior, batch: int, steps: int, shared: bool = False) -> Callable[[], float]:
+    """A function that tunes one group of ``batch`` images by ``steps`` fully-open optimisation steps on the
+    current threads and returns the wall seconds of the steps (set-up excluded). Call it while ``prior.D`` is a
+    constant network (:func:`constant_network`), as reconstructions run D.
 
     Each image has its own generator (:class:`StackedGenerators`, the group ``DGPReconstructor.batch`` runs in
     each of its threads), or, with ``shared``, all images go through one generator (:class:`TunedGenerator` on
     the batch): no per-image weights, so no grouped convolutions, one spectral norm per layer and one Adam
-    state, which is less work than any engine that tunes a generator per image can do. With ``side_by_side``
-    groups, each runs in a thread of its own on one intra-op thread (as the engine runs its groups) and the
-    slowest counts.
+    state, which is less work than any engine that tunes a generator per image can do.
     """
     size = (prior.resolution, prior.resolution)
     deg = parse_degradation("gray", size=size)
-    target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
+    objective = Objective(prior.D, deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size))
     ids = torch.zeros(batch, dtype=torch.long)
     schedule = fully_open_schedule(steps)
     kind = TunedGenerator if shared else StackedGenerators
@@ -176,23 +176,32 @@ def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool, side_
         run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), schedule, None)
         return time.perf_counter() - start
 
-    def in_threads() -> float:
-        seconds: list[float] = []
+    return run
 
-        def work() -> None:
-            torch.set_num_threads(1)
-            seconds.append(run())
 
-        threads = [threading.Thread(target=work) for _ in range(side_by_side)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return max(seconds)
+def in_threads(run: Callable[[], float], count: int) -> float:
+    """The largest result of ``count`` calls of ``run`` side by side, each in a thread of its own on one
+    intra-op thread (as the engine runs its groups)."""
+    results: list[float] = []
 
-    timed = run if side_by_side == 1 else in_threads
+    def work() -> None:
+        torch.set_num_threads(1)
+        results.append(run())
+
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return max(results)
+
+
+def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool, side_by_side: int = 1) -> float:
+    """Wall seconds per step of one group (:func:`group_runner`) on the current threads, after a warm-up run;
+    with ``side_by_side`` groups, the slowest of that many run side by side (:func:`in_threads`)."""
     with constant_network(prior.D):
-        objective = Objective(prior.D, target)
+        run = group_runner(prior, batch, steps, shared)
+        timed = run if side_by_side == 1 else lambda: in_threads(run, side_by_side)
         timed()  # warm-up
         return timed() / steps
 

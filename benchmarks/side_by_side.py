@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import threading
-import time
 from collections.abc import Callable
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -25,43 +23,33 @@ from typing import Any
 import torch
 
 from dgp.allocator import keep_freed_memory
-from dgp.degradations import parse_degradation
-from dgp.objective import Objective
 from dgp.priors.layers import constant_network
 from dgp.priors.registry import load_prior
-from dgp.reconstruct import StackedGenerators, run_stages
-from profile_reconstruction import fully_open_schedule, thin_prior  # this script's folder
+from profile_reconstruction import group_runner, in_threads, thin_prior  # this script's folder
 
 
-def group_runner(thin: bool, batch: int, steps: int) -> Callable[[], float]:
-    """A function that tunes one group of ``batch`` images for ``steps`` steps on one intra-op thread and
-    returns ms per step (D is left as a constant network for the process's lifetime)."""
+def ms_per_step(thin: bool, batch: int, steps: int) -> Callable[[], float]:
+    """A function that tunes one group of ``batch`` images of the shipped prior (or its 8-channel model) for
+    ``steps`` steps on one intra-op thread and returns ms per step (D stays a constant network for the
+    process's lifetime)."""
     prior = load_prior("cifar10")
     if thin:
         prior = thin_prior(prior)
-    size = (prior.resolution, prior.resolution)
-    deg = parse_degradation("gray", size=size)
-    target = deg.lift(deg.observe(torch.zeros(batch, 3, *size)), size)
     constant_network(prior.D).__enter__()
-    objective = Objective(prior.D, target)
-    ids = torch.zeros(batch, dtype=torch.long)
+    run = group_runner(prior, batch, steps)
 
-    def run() -> float:
+    def timed() -> float:
         torch.set_num_threads(1)
-        tuned = StackedGenerators(prior.G, ids, False, False)
-        z = torch.zeros(batch, prior.G.dim_z, requires_grad=True)
-        start = time.perf_counter()
-        run_stages(tuned, z, objective, lambda x: deg.lift(deg(x), size), fully_open_schedule(steps), None)
-        return 1e3 * (time.perf_counter() - start) / steps
+        return 1e3 * run() / steps
 
-    run()  # first calls
-    return run
+    timed()  # first calls
+    return timed
 
 
 def process_worker(thin: bool, batch: int, steps: int, rounds: int, barrier: Barrier, results: Any) -> None:
     """Body of a worker process: one group, started together with the other worker in every round."""
     keep_freed_memory()
-    run = group_runner(thin, batch, steps)
+    run = ms_per_step(thin, batch, steps)
     for _ in range(rounds):
         barrier.wait()
         results.put(run())
@@ -69,17 +57,9 @@ def process_worker(thin: bool, batch: int, steps: int, rounds: int, barrier: Bar
 
 def measure(thin: bool, batch: int, steps: int, rounds: int) -> dict[str, float]:
     """Median ms per step of a group alone, as two threads and as two processes (the slower group counts)."""
-    run = group_runner(thin, batch, steps)
+    run = ms_per_step(thin, batch, steps)
     alone = [run() for _ in range(rounds)]
-    threads = []
-    for _ in range(rounds):
-        out: list[float] = []
-        pair = [threading.Thread(target=lambda: out.append(run())) for _ in range(2)]
-        for t in pair:
-            t.start()
-        for t in pair:
-            t.join()
-        threads.append(max(out))
+    threads = [in_threads(run, 2) for _ in range(rounds)]
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
     workers = [context.Process(target=process_worker, args=(thin, batch, steps, rounds, barrier, results))
