@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dgp.priors.biggan import Discriminator
+from dgp.tracing import Recorded
 
 
 def per_sample_mean(x: Tensor) -> Tensor:
@@ -54,8 +55,10 @@ class Objective:
 
     The target's features are computed once, here, and never change. D's weights are held constant: gradients
     flow to the images only, never into ``D`` (the prior's discriminator gets no ``.grad`` and no backward work).
-    Inside :func:`dgp.priors.layers.constant_network` (as reconstructions run it) ``D`` is called directly;
-    otherwise through ``functional_call`` with detached weights, which costs more operators per call.
+    Inside :func:`dgp.priors.layers.constant_network` (as reconstructions run it) ``D`` is called directly,
+    replayed from a recording of its first pass for inputs of that shape (:mod:`dgp.tracing`), with D's
+    normalised weights at that time as constants; otherwise through ``functional_call`` with detached
+    weights, which costs more operators per call.
     """
 
     def __init__(self, D: Discriminator, target: Tensor) -> None:
@@ -64,6 +67,7 @@ class Objective:
         self._constant_weights = {name: p.detach() for name, p in D.named_parameters()}
         with torch.no_grad():
             self.target_features = [f.detach() for f in D(target)[1]]
+        self._constant_features = Recorded(lambda x: tuple(D(x)[1]), "discriminator features")
 
     def subset(self, start: int, stop: int | None = None) -> Objective:
         """The objective of images ``start`` to ``stop - 1`` (default: ``start`` alone) of a batched target
@@ -72,6 +76,7 @@ class Objective:
         part = Objective.__new__(Objective)
         part.D = self.D
         part._constant_weights = self._constant_weights
+        part._constant_features = Recorded(self._constant_features.fn, "discriminator features")
         part.target = self.target[start:stop]
         part.target_features = [f[start:stop] for f in self.target_features]
         return part
@@ -85,7 +90,7 @@ class Objective:
         if any(p.requires_grad for p in self.D.parameters()):
             features = torch.func.functional_call(self.D, self._constant_weights, (x,))[1]
         else:
-            features = self.D(x)[1]
+            features = list(self._constant_features(x))
         return feature_distance(features, self.target_features, count)
 
     def __call__(self, x: Tensor, z: Tensor, feature_count: int, w_D: float, w_mse: float,

@@ -22,6 +22,7 @@ from dgp.priors.layers import FrozenInstanceNorm, SpectralNorm, constant_network
 from dgp.priors.registry import Prior
 from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 from dgp.schedule import Schedule
+from dgp.tracing import Recorded
 
 
 class ReconstructionError(RuntimeError):
@@ -161,7 +162,8 @@ class TunedGenerator:
     """One tuned copy of the prior's generator for one image (the lean single-image path).
 
     Parameters that no stage tunes (the output layer unless the schedule tunes it, the class embedding unless
-    it is updated) are constants of the copy: no gradient is computed for them.
+    it is updated) are constants of the copy: no gradient is computed for them. Passes without instance norm
+    are replayed from a recording of the first (:mod:`dgp.tracing`): the same operators, without Python.
     """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
@@ -170,10 +172,18 @@ class TunedGenerator:
         self.class_ids = class_ids
         groups = self.G.param_groups(with_embedding=update_embed)
         self.groups = groups if tune_output_layer else groups[:-1]
-        freeze_untuned(self.G, {id(p) for g in self.groups for p in g})
+        self._tuned = [p for g in self.groups for p in g]
+        freeze_untuned(self.G, {id(p) for p in self._tuned})
+        G = self.G
+        # the tuned parameters are passed to the recording (dgp.tracing) as inputs: G reads these very tensors,
+        # so they are recorded as inputs, not as constants
+        self._forward = Recorded(lambda z, *_: G(z, G.shared(class_ids)), "tuned generator")
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return self.G(z, self.G.shared(self.class_ids), use_in=use_in)
+        if use_in:  # instance norm sets its affine on its first pass: state that a recording cannot replay
+            return self.G(z, self.G.shared(self.class_ids), use_in=True)
+        self.G.reset_instance_norm()  # what a pass without instance norm does to the blocks' state, in Python
+        return self._forward(z, *self._tuned)
 
     def embeddings(self) -> Tensor:
         return self.G.shared(self.class_ids)
@@ -190,7 +200,9 @@ class StackedGenerators:
     instance-norm statistics are its own, as in the single-image path. Convolutions with per-image weights
     run as grouped convolutions (the 32-px-and-up transposed ones per image). What no image can change
     (untuned parameters such as the output layer, and the constant buffers of spectral and batch norm in eval
-    mode) is kept once and shared, so that those layers run as ordinary batched layers.
+    mode) is kept once and shared, so that those layers run as ordinary batched layers. Passes without
+    instance norm are replayed from a recording of the first (:mod:`dgp.tracing`), which frees the batch's
+    threads from taking turns at Python's global interpreter lock.
     """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
@@ -217,8 +229,16 @@ class StackedGenerators:
         self.stacked = {**self.params, **self.buffers}
         self.layout = StackedLayout(self.G, self.stacked)
 
+        layout, keys = self.layout, list(self.stacked)
+        self._forward = Recorded(  # replayed from a recording (dgp.tracing)
+            lambda z, *values: stacked_generator_forward(layout, dict(zip(keys, values)), z, class_ids),
+            "stacked generators")
+
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
-        return stacked_generator_forward(self.layout, self.stacked, z, self.class_ids, use_in)
+        if use_in:  # instance norm sets its affine on its first pass: state that a recording cannot replay
+            return stacked_generator_forward(self.layout, self.stacked, z, self.class_ids, use_in=True)
+        self.G.reset_instance_norm()  # what a pass without instance norm does to the blocks' state, in Python
+        return self._forward(z, *self.stacked.values())
 
     def embeddings(self) -> Tensor:
         w = self.params.get("shared.weight")

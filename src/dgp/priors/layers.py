@@ -47,9 +47,8 @@ def eval_inverse_sigma(w: Tensor, u: Tensor, eps: float) -> Tensor:
     """``1 / sigma`` of ``w`` ``(..., out, in)`` from one power iteration with ``u`` ``(..., 1, out)``, shape
     ``(...)``: with ``a = u W`` held constant, ``|a| / |a W^T|`` (eval mode, where the new ``u`` is not kept).
     ``a W^T``, a product with one row, is computed as :data:`BROADCAST_PRODUCT_MAX_NUMEL` says."""
-    with torch.no_grad():
-        a = u @ w
-        a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+    a = u @ w.detach()
+    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
     if w.numel() > BROADCAST_PRODUCT_MAX_NUMEL:
         return a_norm / torch.linalg.vector_norm(w @ a.transpose(-1, -2), dim=(-2, -1))
     return a_norm / torch.linalg.vector_norm((w * a).sum(-1), dim=-1)
@@ -137,7 +136,8 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
     for m in module.modules():
         if (isinstance(m, SpectralNorm) and not m.training and m.frozen_weight is None
                 and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
-            by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append(m)
+            shape = tuple(map(int, m.weight.shape))  # ints: while tracing (dgp.tracing), sizes are tensors
+            by_shape.setdefault((shape, m.sn_eps), []).append(m)
     groups = [group for group in by_shape.values() if len(group) > 1]
     for group in groups:
         w = torch.stack([m.weight for m in group]).flatten(2)  # (k, out, in)
