@@ -30,17 +30,17 @@ from profile_reconstruction import group_runner, in_threads, thin_prior  # this 
 
 def ms_per_step(thin: bool, batch: int, steps: int) -> Callable[[], float]:
     """A function that tunes one group of ``batch`` images of the shipped prior (or its 8-channel model) for
-    ``steps`` steps on one intra-op thread and returns ms per step (D stays a constant network for the
-    process's lifetime)."""
+    ``steps`` steps on one intra-op thread and returns ms per step (with D a constant network, as
+    reconstructions run it)."""
     prior = load_prior("cifar10")
     if thin:
         prior = thin_prior(prior)
-    constant_network(prior.D).__enter__()
     run = group_runner(prior, batch, steps)
 
     def timed() -> float:
         torch.set_num_threads(1)
-        return 1e3 * run() / steps
+        with constant_network(prior.D):
+            return 1e3 * run() / steps
 
     timed()  # first calls
     return timed

@@ -216,6 +216,22 @@ def test_constant_network_takes_parameters_off_the_graph_and_restores_them():
     assert all(m.frozen_weight is None for m in (d.conv1, d.conv2, d.conv_sc))
 
 
+def test_constant_network_holds_until_the_last_overlapping_block_ends():
+    """Reconstructions in two threads share D: blocks entered and left out of order (as threads do) keep it
+    constant until the last one leaves."""
+    d = DBlock(3, 4, downsample=True, preactivation=False).eval()
+    first, second = constant_network(d), constant_network(d)
+    first.__enter__()
+    frozen = d.conv1.frozen_weight
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not any(p.requires_grad for p in d.parameters()) and d.conv1.frozen_weight is frozen
+    second.__exit__(None, None, None)
+    assert all(p.requires_grad for p in d.parameters()) and d.conv1.frozen_weight is None
+    with constant_network(d):  # and again from the start
+        assert not any(p.requires_grad for p in d.parameters()) and d.conv1.frozen_weight is not None
+
+
 def test_conditional_batch_norm_eval_folds_into_one_affine():
     bn = ConditionalBatchNorm(4, 6).double().eval()
     with torch.no_grad():

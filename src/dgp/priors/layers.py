@@ -7,6 +7,7 @@ released checkpoints load unchanged.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -153,20 +154,45 @@ def grouped_spectral_norm(module: nn.Module) -> Iterator[None]:
                 m.pass_inverse_sigma = None
 
 
+class _ConstantState:
+    """What :func:`constant_network` restores, and how many blocks (of any thread) hold the module constant."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.flags = [(p, p.requires_grad) for p in module.parameters()]
+        self.frozen = frozen_spectral_norm(module)
+        self.holders = 0
+
+
+_CONSTANT_NETWORKS: dict[int, _ConstantState] = {}  # id(module) -> its state, while held
+_CONSTANT_NETWORKS_LOCK = threading.Lock()
+
+
 @contextmanager
 def constant_network(module: nn.Module) -> Iterator[None]:
     """Within the block, ``module`` (in eval mode) is a constant function: its spectral norms are frozen
     (:func:`frozen_spectral_norm`) and none of its parameters requires a gradient, so that backward passes
-    through it compute input gradients only. The parameters' ``requires_grad`` flags are restored after."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    with frozen_spectral_norm(module):
-        try:
-            for p, _ in flags:
+    through it compute input gradients only. The parameters' ``requires_grad`` flags are restored after.
+
+    Blocks may nest and overlap across threads (reconstructions sharing a prior, as the web UI's concurrent
+    runs do): the first to enter makes the module constant, the last to leave restores it."""
+    with _CONSTANT_NETWORKS_LOCK:
+        state = _CONSTANT_NETWORKS.get(id(module))
+        if state is None:
+            state = _CONSTANT_NETWORKS[id(module)] = _ConstantState(module)
+            state.frozen.__enter__()
+            for p, _ in state.flags:
                 p.requires_grad_(False)
-            yield
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+        state.holders += 1
+    try:
+        yield
+    finally:
+        with _CONSTANT_NETWORKS_LOCK:
+            state.holders -= 1
+            if state.holders == 0:
+                del _CONSTANT_NETWORKS[id(module)]
+                for p, flag in state.flags:
+                    p.requires_grad_(flag)
+                state.frozen.__exit__(None, None, None)
 
 
 def _box_taps(flip: bool) -> Tensor:
