@@ -333,10 +333,12 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
         f"same architecture with 8-channel layers (random weights, the same operators) takes "
         f"{1e3 * floor[1]:.1f} ms a step against {1e3 * floor[0]:.1f} ms for the prior (medians of interleaved "
         f"rounds), so about {100 * floor[1] / floor[0]:.0f}% of a single-image step is the cost of issuing "
-        "operators, not arithmetic. Faster kernels cannot lower that floor; fewer operators, or compiling "
-        f"the step, can. A single-image step dispatches {operators[0]:,.0f} ATen operators (forward, backward "
-        f"and both Adam steps; {operators[1]:,.0f} for {batch} images at once), a count that does not depend "
-        "on the machine's load.",
+        "operators, not arithmetic (both run the forward passes of G and D replayed from recordings, "
+        "`dgp.tracing`, which issue them without Python). Faster kernels cannot lower that floor; fewer "
+        f"operators, or compiling the step, can. A single-image step dispatches {operators[0]:,.0f} ATen "
+        f"operators (forward, backward and both Adam steps; {operators[1]:,.0f} for {batch} images at once; "
+        "counted with eager forward passes, as a recording is not replayed under the counter), a count that "
+        "does not depend on the machine's load.",
         f"- {batch} images at once: convolutions grow to {100 * convb:.0f}% of the operator time and the "
         f"overhead outside operators falls to {100 * overb:.0f}%; a step of the batch costs "
         f"{wallb / wall1:.1f}x a single-image step for {batch}x the work. The convolution backward pass "
@@ -391,8 +393,9 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
         f"{threads} groups side by side: {thin_added:+.1f} ms a step that come from issuing operators on "
         "several threads of one process at once, not from arithmetic or memory traffic: the threads take turns "
         "at Python's global interpreter lock, which a thread holds while it issues an operator from Python "
-        "(forward pass, optimizer) and takes back after each. Worker processes, one lock each, do not contend "
-        "(README, 'Speed').")
+        "(the loss, the optimizer, the backward pass of the stacked pass's Python-defined autograd functions; "
+        "the forward passes of G and D are replayed from recordings without it, `dgp.tracing`) and takes back "
+        "after each. Worker processes, one lock each, do not contend (README, 'Speed').")
     reading = (
         f"{batch} images at once reach 3x the images/s of one image at a time when a step of the batch takes "
         f"at most {batch}/3 x one image's step, here {limit:.1f} ms; the engine's step took {med['batch']:.1f} ms, "
