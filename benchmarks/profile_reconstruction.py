@@ -345,8 +345,10 @@ def reading(single: Breakdown, batched: Breakdown, batch: int, floor: tuple[floa
         "(grouped convolutions: every image has its own generator weights) is the largest single item. What no "
         "image can change (the untuned output layer, spectral- and batch-norm buffers) is shared, so it runs as "
         "an ordinary batched layer, and 1x1 convolutions with per-image weights run as batched matrix products. "
-        "This profiles one stacked group of the batch on all threads; `DGPReconstructor.batch` splits a batch "
-        "into one group per thread, each on one intra-op thread (README), which the small layers use better.",
+        "This profiles the batch as `DGPReconstructor.batch` runs it: one group per thread, each on one "
+        "intra-op thread (README), which the small layers use better; operator times are summed over the "
+        "threads the profiler records, so with both groups recorded they can exceed the wall time (the "
+        "overhead share then reads 0%).",
         "- The layers compute BigGAN's values in a cheaper order (README, 'Same values, less work'): G's "
         "upsample-then-convolve at 32 px runs as one stride-2 transposed convolution of the 16-px image with "
         "a 4x4 kernel, D's convolve-then-pool as one stride-2 convolution; spectral norm's power iteration "
@@ -440,8 +442,8 @@ def main() -> None:
             f"## The {args.preset} preset, phase by phase", "", *stages, "",
             "## One optimisation step, by operator category", "",
             f"All blocks open, D-feature loss, {args.steps} steps profiled with `torch.profiler` (operators' own "
-            "CPU time, summed over threads' wall clock as the profiler reports it). The difference between the "
-            "wall time and the operator time is Python, autograd and dispatch overhead.", "",
+            "CPU time, summed over the threads it records). For one thread, the difference between the wall "
+            "time and the operator time is Python, autograd and dispatch overhead.", "",
             "### Single image (lean path)", "", *breakdown_table(*single, args.steps, 1), "",
             f"### {args.batch} images at once (batched path, per step of the whole batch)", "",
             *breakdown_table(*batched, args.steps, args.batch), ""]
