@@ -461,8 +461,15 @@ def run_and_wait(page: Any, task: str, timeout_s: float = 90.0) -> str:
 
 
 def close_messages(page: Any) -> None:
-    for close in page.locator("[data-testid='toast-close']").all():
-        close.click()
+    """Close every message, the last first (closing one re-numbers those after it); a message may also close
+    by itself meanwhile."""
+    closes = page.locator("[data-testid='toast-close']")
+    for index in reversed(range(closes.count())):
+        try:
+            closes.nth(index).click(timeout=5_000)
+        except Exception:  # noqa: BLE001 - playwright's timeout: that message went away by itself
+            if closes.count() > index:
+                raise
     page.wait_for_function("() => !document.querySelector('.toast-body')", timeout=15_000)
 
 
