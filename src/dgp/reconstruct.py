@@ -200,17 +200,12 @@ class StackedGenerators:
     instance-norm statistics are its own, as in the single-image path. Convolutions with per-image weights
     run as grouped convolutions (the 32-px-and-up transposed ones per image). What no image can change
     (untuned parameters such as the output layer, and the constant buffers of spectral and batch norm in eval
-    mode) is kept once and shared, so that those layers run as ordinary batched layers.
-
-    With ``record_forward``, passes without instance norm are replayed from a recording of the first
-    (:mod:`dgp.tracing`). That frees groups that run side by side in threads of one process from taking
-    turns at Python's global interpreter lock (16 images as 2 groups of 8: 1.11x faster steps), but a group
-    running alone was slower replayed (8 images on one thread: 0.96x; 16: 0.91x; medians of alternating
-    rounds), so :meth:`DGPReconstructor.batch` records only when it runs several groups.
+    mode) is kept once and shared, so that those layers run as ordinary batched layers. Passes without
+    instance norm are replayed from a recording of the first (:mod:`dgp.tracing`), which frees groups that
+    run side by side in threads of one process from taking turns at Python's global interpreter lock.
     """
 
-    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool,
-                 record_forward: bool = True) -> None:
+    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
         self.G = copy.deepcopy(G).eval()
         self.G.reset_instance_norm()
         self.class_ids = class_ids
@@ -235,11 +230,9 @@ class StackedGenerators:
         self.layout = StackedLayout(self.G, self.stacked)
 
         layout, keys = self.layout, list(self.stacked)
-
-        def forward(z: Tensor, *values: Tensor) -> Tensor:
-            return stacked_generator_forward(layout, dict(zip(keys, values)), z, class_ids)
-
-        self._forward = Recorded(forward, "stacked generators") if record_forward else forward
+        self._forward = Recorded(  # replayed from a recording (dgp.tracing)
+            lambda z, *values: stacked_generator_forward(layout, dict(zip(keys, values)), z, class_ids),
+            "stacked generators")
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
         if use_in:  # instance norm sets its affine on its first pass: state that a recording cannot replay
@@ -483,16 +476,11 @@ class DGPReconstructor:
             if shards is None:
                 shards = torch.get_num_threads() if device.type == "cpu" else 1
             parts, start = [], 0
-            sizes = shard_sizes(len(observations), shards)
-            for count in sizes:
+            for count in shard_sizes(len(observations), shards):
                 end = start + count
-                if stacked and count > 1:  # a recorded pass pays only side by side (StackedGenerators)
-                    tuned = StackedGenerators(prior.G, ids[start:end], schedule.update_embed,
-                                              schedule.tune_output_layer, record_forward=len(sizes) > 1)
-                else:
-                    tuned = TunedGenerator(prior.G, ids[start:end], schedule.update_embed,
-                                           schedule.tune_output_layer)
-                parts.append(_Shard(start, end, tuned,
+                kind = StackedGenerators if stacked and count > 1 else TunedGenerator
+                parts.append(_Shard(start, end, kind(prior.G, ids[start:end], schedule.update_embed,
+                                                     schedule.tune_output_layer),
                                     z_all[start:end].clone().requires_grad_(True), objective.subset(start, end),
                                     _degrade_function(degradations[start:end], size)))
                 start = end
