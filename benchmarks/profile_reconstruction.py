@@ -198,12 +198,17 @@ def in_threads(run: Callable[[], float], count: int) -> float:
 
 def group_step_seconds(prior: Prior, batch: int, steps: int, shared: bool, side_by_side: int = 1) -> float:
     """Wall seconds per step of one group (:func:`group_runner`) on the current threads, after a warm-up run;
-    with ``side_by_side`` groups, the slowest of that many run side by side (:func:`in_threads`)."""
+    with ``side_by_side`` groups, the slowest of that many run side by side (:func:`in_threads`). Set-up
+    excluded: the difference between runs of ``steps + 1`` steps and of 1 step (the first step records the
+    forward passes, :mod:`dgp.tracing`)."""
     with constant_network(prior.D):
-        run = group_runner(prior, batch, steps, shared)
-        timed = run if side_by_side == 1 else lambda: in_threads(run, side_by_side)
-        timed()  # warm-up
-        return timed() / steps
+        one, more = group_runner(prior, batch, 1, shared), group_runner(prior, batch, steps + 1, shared)
+
+        def timed(run: Callable[[], float]) -> float:
+            return run() if side_by_side == 1 else in_threads(run, side_by_side)
+
+        timed(one)  # warm-up
+        return max(0.0, timed(more) - timed(one)) / steps
 
 
 def engine_step_seconds(prior: Prior, batch: int, steps: int) -> float:
@@ -449,7 +454,7 @@ def main() -> None:
             *breakdown_table(*batched, args.steps, args.batch), ""]
     text += ["## What bounds the batched engine", "",
              "Medians of 5 interleaved rounds, set-up excluded (steps timed as the difference of a long and a "
-             "1-step run, or around the optimisation loop alone); a group is the unit `DGPReconstructor.batch` "
+             "1-step run); a group is the unit `DGPReconstructor.batch` "
              "runs in each thread.",
              "", *bound_section(bound, args.batch, torch.get_num_threads()), ""]
     text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]

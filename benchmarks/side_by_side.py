@@ -5,10 +5,11 @@ Usage::
     .venv/bin/python benchmarks/side_by_side.py [--batch 8] [--steps 10] [--rounds 5]
 
 ``DGPReconstructor.batch`` tunes one group of images per thread. This times one group's fully-open steps
-(set-up and each run's first call excluded) alone on one thread, two groups side by side as two threads of
-this process (as the engine runs them), and two groups side by side as two worker processes, for the shipped
-prior and for the same architecture with 8-channel layers (the prior's operators with almost no arithmetic:
-what issuing them costs). Medians of ``--rounds``; nothing is written.
+alone on one thread, two groups side by side as two threads of this process (as the engine runs them), and
+two groups side by side as two worker processes, for the shipped prior and for the same architecture with
+8-channel layers (the prior's operators with almost no arithmetic: what issuing them costs). Set-up and each
+run's first step (which records the forward passes) are excluded: a run of ``--steps`` + 1 steps minus a run
+of 1. Medians of ``--rounds``; nothing is written.
 """
 
 from __future__ import annotations
@@ -28,38 +29,47 @@ from dgp.priors.registry import load_prior
 from profile_reconstruction import group_runner, in_threads, thin_prior  # this script's folder
 
 
-def ms_per_step(thin: bool, batch: int, steps: int) -> Callable[[], float]:
-    """A function that tunes one group of ``batch`` images of the shipped prior (or its 8-channel model) for
-    ``steps`` steps on one intra-op thread and returns ms per step (with D a constant network, as
-    reconstructions run it)."""
+def group_runs(thin: bool, batch: int, steps: int) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Two functions that tune one group of ``batch`` images of the shipped prior (or its 8-channel model) on
+    one intra-op thread, with D a constant network as reconstructions run it, for 1 and for ``steps + 1``
+    steps, and return the seconds of those steps. Their difference is ``steps`` steps without the set-up and
+    the first step (which records the forward passes)."""
     prior = load_prior("cifar10")
     if thin:
         prior = thin_prior(prior)
-    run = group_runner(prior, batch, steps)
 
-    def timed() -> float:
-        torch.set_num_threads(1)
-        with constant_network(prior.D):
-            return 1e3 * run() / steps
+    def runs(count: int) -> Callable[[], float]:
+        run = group_runner(prior, batch, count)
 
-    timed()  # first calls
-    return timed
+        def timed() -> float:
+            torch.set_num_threads(1)
+            with constant_network(prior.D):
+                return run()
+
+        return timed
+
+    one, more = runs(1), runs(steps + 1)
+    one()  # first calls
+    return one, more
 
 
 def process_worker(thin: bool, batch: int, steps: int, rounds: int, barrier: Barrier, results: Any) -> None:
-    """Body of a worker process: one group, started together with the other worker in every round."""
+    """Body of a worker process: one group, its long and its 1-step run each started together with the other
+    worker's in every round."""
     keep_freed_memory()
-    run = ms_per_step(thin, batch, steps)
+    one, more = group_runs(thin, batch, steps)
     for _ in range(rounds):
         barrier.wait()
-        results.put(run())
+        long = more()
+        barrier.wait()
+        results.put(1e3 * (long - one()) / steps)
 
 
 def measure(thin: bool, batch: int, steps: int, rounds: int) -> dict[str, float]:
     """Median ms per step of a group alone, as two threads and as two processes (the slower group counts)."""
-    run = ms_per_step(thin, batch, steps)
-    alone = [run() for _ in range(rounds)]
-    threads = [in_threads(run, 2) for _ in range(rounds)]
+    one, more = group_runs(thin, batch, steps)
+    alone = [1e3 * (more() - one()) / steps for _ in range(rounds)]
+    threads = [1e3 * (in_threads(more, 2) - in_threads(one, 2)) / steps for _ in range(rounds)]
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(2), context.Queue()
     workers = [context.Process(target=process_worker, args=(thin, batch, steps, rounds, barrier, results))

@@ -87,8 +87,9 @@ def _dispatch_mode_active() -> bool:
 
 class Recorded:
     """``fn``, replayed from a recording (:func:`record`) made on the first call (which runs ``fn`` once more)
-    and again whenever the input shapes change; ``fn`` itself where no recording can be made, and while a Python dispatch mode (such as
-    ``torch.utils.flop_counter.FlopCounterMode``) is active: recording under one fails.
+    and again whenever the input shapes change; ``fn`` itself where no recording can be made, and while a
+    Python dispatch mode (such as ``torch.utils.flop_counter.FlopCounterMode``) is active: recording under
+    one fails.
 
     Args:
         fn: as for :class:`RecordedFunction`; its Python-level branches must not depend on anything but the
