@@ -129,17 +129,9 @@ def fully_open_run(prior: Prior, batch: int, steps: int) -> Callable[[], None]:
     return run
 
 
-def step_seconds(prior: Prior, steps: int) -> float:
-    """Wall seconds of one fully-open single-image optimisation step (after a warm-up run)."""
-    run = fully_open_run(prior, 1, steps)
-    run()
-    start = time.perf_counter()
-    run()
-    return (time.perf_counter() - start) / steps
-
-
 def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, float]:
-    """Median seconds per single-image step of the prior and of its :func:`thin_prior`, in interleaved rounds.
+    """Median seconds per single-image step (set-up excluded) of the prior and of its :func:`thin_prior`, in
+    interleaved rounds.
 
     The thin model issues the same operators with almost no arithmetic, so its step time is what issuing
     them costs (Python, dispatch, autograd, allocation, thread wake-ups): a floor no smaller kernel can lower.
@@ -147,8 +139,8 @@ def overhead_floor(prior: Prior, steps: int, rounds: int = 5) -> tuple[float, fl
     thin = thin_prior(prior)
     full_times, thin_times = [], []
     for _ in range(rounds):
-        full_times.append(step_seconds(prior, steps))
-        thin_times.append(step_seconds(thin, steps))
+        full_times.append(engine_step_seconds(prior, 1, steps))
+        thin_times.append(engine_step_seconds(thin, 1, steps))
     return statistics.median(full_times), statistics.median(thin_times)
 
 
