@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dgp.priors import layers
-from dgp.priors import stacked as stacked_pass
 from dgp.priors.biggan import Generator
 from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 
@@ -43,7 +42,6 @@ def _alone(G: Generator, stacked: dict[str, torch.Tensor], i: int) -> Generator:
 @pytest.mark.parametrize("products", ["broadcast", "matrix"])
 def test_stacked_forward_equals_each_generator_alone(which, use_in, products, monkeypatch):
     if products == "matrix":  # the stacked weights' products with one column as matrix products (large batches)
-        monkeypatch.setattr(stacked_pass, "BROADCAST_PRODUCT_MAX_NUMEL", 0)
         monkeypatch.setattr(layers, "BROADCAST_PRODUCT_MAX_NUMEL", 0)
     G = _generator()
     names = [n for n, _ in G.named_parameters()

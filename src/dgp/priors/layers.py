@@ -44,15 +44,22 @@ def spectral_sigma(weight: Tensor, u: Tensor, eps: float) -> tuple[Tensor, Tenso
 BROADCAST_PRODUCT_MAX_NUMEL = 1 << 17
 
 
+def weight_times_row(w: Tensor, v: Tensor) -> Tensor:
+    """``w`` ``(..., out, in)`` times ``v`` ``(..., 1, in)`` (broadcast over the leading dimensions), shape
+    ``(..., out)``: as :data:`BROADCAST_PRODUCT_MAX_NUMEL` says, a broadcast product and a sum or a matrix
+    product."""
+    if w.numel() > BROADCAST_PRODUCT_MAX_NUMEL:
+        return (w @ v.transpose(-1, -2)).squeeze(-1)
+    return (w * v).sum(-1)
+
+
 def eval_inverse_sigma(w: Tensor, u: Tensor, eps: float) -> Tensor:
     """``1 / sigma`` of ``w`` ``(..., out, in)`` from one power iteration with ``u`` ``(..., 1, out)``, shape
     ``(...)``: with ``a = u W`` held constant, ``|a| / |a W^T|`` (eval mode, where the new ``u`` is not kept).
-    ``a W^T``, a product with one row, is computed as :data:`BROADCAST_PRODUCT_MAX_NUMEL` says."""
+    ``a W^T`` is a product with one row (:func:`weight_times_row`)."""
     a = u @ w.detach()
     a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
-    if w.numel() > BROADCAST_PRODUCT_MAX_NUMEL:
-        return a_norm / torch.linalg.vector_norm(w @ a.transpose(-1, -2), dim=(-2, -1))
-    return a_norm / torch.linalg.vector_norm((w * a).sum(-1), dim=-1)
+    return a_norm / torch.linalg.vector_norm(weight_times_row(w, a), dim=-1)
 
 
 class SpectralNorm:

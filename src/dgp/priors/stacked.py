@@ -23,7 +23,6 @@ from torch import Tensor
 
 from dgp.priors.biggan import Generator
 from dgp.priors.layers import (
-    BROADCAST_PRODUCT_MAX_NUMEL,
     GROUPED_SPECTRAL_NORM_MAX_NUMEL,
     Attention,
     BatchNorm,
@@ -34,6 +33,7 @@ from dgp.priors.layers import (
     SNLinear,
     SpectralNorm,
     eval_inverse_sigma,
+    weight_times_row,
 )
 
 
@@ -82,11 +82,7 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    if w.numel() > BROADCAST_PRODUCT_MAX_NUMEL:  # a product with one column per image (see the constant)
-        product = torch.bmm(w, x.unsqueeze(2)).squeeze(2)
-    else:
-        product = (w * x.unsqueeze(1)).sum(2)
-    out = product * weights.inverse_sigma(layer).unsqueeze(1)
+    out = weight_times_row(w, x.unsqueeze(1)) * weights.inverse_sigma(layer).unsqueeze(1)
     return out if bias is None else out + bias
 
 
