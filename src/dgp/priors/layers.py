@@ -560,6 +560,6 @@ class DBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(x) if self.preactivation else x
-        h = F.relu(self.conv1(h))
+        h = torch.relu_(self.conv1(h))  # in place: a convolution's backward pass does not need its output
         h = self.conv2.forward_pooled(h) if self.downsample else self.conv2(h)
         return h + self._shortcut(x)

@@ -62,6 +62,14 @@ class _Weights:
             return value, True
         return getattr(module, attribute), False
 
+    def normalized(self, layer: SpectralNorm) -> Tensor:
+        """The per-image weights ``(B, ...)`` of a spectral-norm layer divided by their singular values."""
+        name = self.names[id(layer)]
+        w = self.tensors[f"{name}.weight"]
+        if name in self.inverse_sigmas:  # computed with its group
+            return w * _per_image(self.inverse_sigmas[name], w.dim() - 1)
+        return _NormalizedWeights.apply(w.flatten(2), layer.u0, layer.sn_eps).view_as(w)
+
     def inverse_sigma(self, layer: SpectralNorm) -> Tensor:
         """``(B,)`` inverse singular values of a spectral-norm layer with per-image weights."""
         name = self.names[id(layer)]
@@ -69,6 +77,35 @@ class _Weights:
             w = self.tensors[f"{name}.weight"]
             self.inverse_sigmas[name] = eval_inverse_sigma(w.flatten(2), layer.u0, layer.sn_eps)
         return self.inverse_sigmas[name]
+
+
+class _NormalizedWeights(torch.autograd.Function):
+    """``w / sigma`` for per-image weights ``w`` ``(B, out, in)``, with each ``sigma`` from one power iteration
+    from ``u`` ``(1, out)`` in eval mode, as :func:`~dgp.priors.layers.eval_inverse_sigma` computes it.
+
+    With ``a = u w`` held constant, ``s = 1 / sigma = |a| / n`` and ``n = |w a^T|``, the gradient is
+    ``s (g - (sum(g * w) / n^2) (w a^T) a)`` for the incoming gradient ``g``: a dot product per image, a
+    rank-one update and a scaling, where autograd's graph of the same forward pass makes about twice
+    as many passes over the weights (two products, a sum, an outer product and the sum of two gradients)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, u: Tensor, eps: float) -> Tensor:  # noqa: ANN001 - autograd's signature
+        a = u @ w  # (B, 1, in)
+        a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+        wa = weight_times_row(w, a)  # (B, out)
+        norm = torch.linalg.vector_norm(wa, dim=-1)
+        inverse_sigma = a_norm / norm
+        ctx.save_for_backward(w, a, wa, norm, inverse_sigma)
+        return w * inverse_sigma[:, None, None]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        w, a, wa, norm, inverse_sigma = ctx.saved_tensors
+        b = w.shape[0]
+        dot = torch.linalg.vecdot(grad.reshape(b, -1), w.reshape(b, -1))  # sum(g * w) per image
+        along = (dot / norm.square()).unsqueeze(-1) * wa  # (B, out)
+        grad_w = torch.addcmul(grad, along.unsqueeze(-1), a, value=-1)
+        return grad_w.mul_(inverse_sigma[:, None, None]), None, None
 
 
 def _per_image(v: Tensor, dims: int) -> Tensor:
@@ -82,27 +119,65 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    out = weight_times_row(w, x.unsqueeze(1)) * weights.inverse_sigma(layer).unsqueeze(1)
+    # the products with x and with the power iteration's constant row a = u w (eval_inverse_sigma) come from
+    # one product with both rows, so that autograd's weight gradient is one product too (of (B, out, 2) and
+    # (B, 2, in) matrices) instead of two outer products and their sum
+    a = layer.u0 @ w.detach()  # (B, 1, in)
+    wx, wa = torch.bmm(w, torch.cat([x.unsqueeze(1), a], dim=1).transpose(1, 2)).unbind(2)  # (B, out) each
+    inverse_sigma = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(layer.sn_eps) \
+        / torch.linalg.vector_norm(wa, dim=-1)
+    out = wx * inverse_sigma.unsqueeze(1)
     return out if bias is None else out + bias
 
 
+def _widened(x: Tensor) -> Tensor:
+    """``(B, C, H, W) -> (B, C, H, 1, 2W)``: a copy of ``x`` with every column twice, ready to broadcast over
+    the doubled rows."""
+    b, c, h, w = x.shape
+    return x.unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 1, 2 * w)
+
+
+def _upsample_backward(grad: Tensor, size: tuple[int, int, int, int]) -> Tensor:
+    """The gradient of a 2x nearest upsampling to ``(B, C, H, W)`` ``size``: the sum over each 2x2 block of
+    ``grad`` ``(B, C, 2H, 2W)`` (PyTorch's own kernel)."""
+    b, c, h, w = size
+    return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
+
+
 class _Upsample2x(torch.autograd.Function):
-    """``F.interpolate(x, scale_factor=2)`` (nearest) for ``(B, C, H, W)`` ``x``, forward as one broadcast copy.
+    """``F.interpolate(x, scale_factor=2)`` (nearest) for ``(B, C, H, W)`` ``x``, forward as two copies: the
+    columns doubled (:func:`_widened`), then the rows.
 
     On a CPU, PyTorch's nearest-upsampling kernel copies a contiguous input and its output to and from the
-    channels-last layout; for the batch's 16-to-32-px shortcut that is three extra passes over megabytes. The
-    backward pass is PyTorch's own (the sum over each 2x2 block)."""
+    channels-last layout, and one copy of a view that repeats every element along its innermost dimension (a
+    stride of 0) is slow too: for 8 images of 64 channels from 16 to 32 px, 0.64 ms against 0.27 ms for
+    the two copies (one thread). The backward pass is PyTorch's own (the sum over each 2x2 block)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's signature
         b, c, h, w = x.shape
         ctx.input_size = (b, c, h, w)
-        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+        return _widened(x).expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
-        b, c, h, w = ctx.input_size
-        return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
+        return _upsample_backward(grad, ctx.input_size)
+
+
+class _AddUpsampled2x(torch.autograd.Function):
+    """``out + F.interpolate(x, scale_factor=2)`` (nearest) for ``out`` ``(B, C, 2H, 2W)`` and ``x``
+    ``(B, C, H, W)``: the residual shortcut of an upsampling block, as one broadcast sum, with no upsampled copy
+    of ``x`` in memory."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001
+        b, c, h, w = x.shape
+        ctx.input_size = (b, c, h, w)
+        return (out.reshape(b, c, h, 2, 2 * w) + _widened(x)).reshape(b, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        return grad, _upsample_backward(grad, ctx.input_size)
 
 
 class _UpsampledConv(torch.autograd.Function):
@@ -156,7 +231,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     if stacked_weight is None:  # a shared weight with per-image biases
         w = layer.normalized_weight().expand(b, *layer.weight.shape)
     else:
-        w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
+        w = weights.normalized(layer)
     if upsample:
         # stride-2 transposed convolutions (as upsampled_conv3x3; per image forward, grouped backward) with
         # kernels (B, in, out, 4, 4) from one 2-D matrix product (its gradient too: no batch of tiny products)
@@ -209,15 +284,14 @@ def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool)
                 match = _batch_norm(weights, bn, h, y)
         return _instance_norm(weights, inorm, h, match)
 
-    h = F.relu(norm(block.bn1, block.in1, x))
+    h = torch.relu_(norm(block.bn1, block.in1, x))  # in place: a norm's backward pass needs its input only
     if block.learnable_sc:
         x = _conv(weights, block.conv_sc, x)  # before upsampling: the 1x1 convolution commutes with it
     h = _conv(weights, block.conv1, h, upsample=block.upsample)
-    h = F.relu(norm(block.bn2, block.in2, h))
+    h = torch.relu_(norm(block.bn2, block.in2, h))
     block.in_ready = use_in
-    if block.upsample:
-        x = _Upsample2x.apply(x)
-    return _conv(weights, block.conv2, h) + x
+    out = _conv(weights, block.conv2, h)
+    return _AddUpsampled2x.apply(out, x) if block.upsample else out + x
 
 
 def _attention(weights: _Weights, att: Attention, x: Tensor) -> Tensor:
@@ -237,13 +311,14 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     bn, conv = G.output_layer[0], G.output_layer[2]
     (gain, _), (bias, _) = weights.get(bn, "gain"), weights.get(bn, "bias")  # (B, C) or shared (C,)
     h = _eval_norm(h, gain, bias, bn)
-    return torch.tanh(_conv(weights, conv, F.relu(h)))
+    return torch.tanh(_conv(weights, conv, torch.relu_(h)))
 
 
 class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
-    weights share a batched power iteration (same-shaped small ones, as
-    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator).
+    convolution weights share a batched power iteration (same-shaped small ones, as
+    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator; linear layers take their
+    power iteration's product together with their own, :func:`_linear`).
 
     Args:
         G: the generator.
@@ -255,7 +330,7 @@ class StackedLayout:
         self.names = {id(m): name for name, m in G.named_modules()}
         by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
         for name, m in G.named_modules():
-            if (isinstance(m, SpectralNorm) and f"{name}.weight" in stacked
+            if (isinstance(m, SNConv2d) and f"{name}.weight" in stacked
                     and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
                 by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append((name, m))
         self.spectral_norm_groups = [group for group in by_shape.values() if len(group) > 1]
