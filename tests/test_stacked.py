@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dgp.priors import layers
+from dgp.priors import stacked as stacked_module
 from dgp.priors.biggan import Generator
 from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 
@@ -40,9 +41,12 @@ def _alone(G: Generator, stacked: dict[str, torch.Tensor], i: int) -> Generator:
 @pytest.mark.parametrize("which", ["blocks", "everything"])
 @pytest.mark.parametrize("use_in", [False, True])
 @pytest.mark.parametrize("products", ["broadcast", "matrix"])
-def test_stacked_forward_equals_each_generator_alone(which, use_in, products, monkeypatch):
+@pytest.mark.parametrize("spectral_norms", ["grouped", "per layer"])
+def test_stacked_forward_equals_each_generator_alone(which, use_in, products, spectral_norms, monkeypatch):
     if products == "matrix":  # the stacked weights' products with one column as matrix products (large batches)
         monkeypatch.setattr(layers, "BROADCAST_PRODUCT_MAX_NUMEL", 0)
+    if spectral_norms == "per layer":  # no shared power iterations: every 3x3 weight as the prior's (64 channels)
+        monkeypatch.setattr(stacked_module, "GROUPED_SPECTRAL_NORM_MAX_NUMEL", 0)
     G = _generator()
     names = [n for n, _ in G.named_parameters()
              if which == "everything" or n.startswith(("blocks.", "linear."))]

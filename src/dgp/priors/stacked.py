@@ -62,14 +62,6 @@ class _Weights:
             return value, True
         return getattr(module, attribute), False
 
-    def normalized(self, layer: SpectralNorm) -> Tensor:
-        """The per-image weights ``(B, ...)`` of a spectral-norm layer divided by their singular values."""
-        name = self.names[id(layer)]
-        w = self.tensors[f"{name}.weight"]
-        if name in self.inverse_sigmas:  # computed with its group
-            return w * _per_image(self.inverse_sigmas[name], w.dim() - 1)
-        return _NormalizedWeights.apply(w.flatten(2), layer.u0, layer.sn_eps).view_as(w)
-
     def inverse_sigma(self, layer: SpectralNorm) -> Tensor:
         """``(B,)`` inverse singular values of a spectral-norm layer with per-image weights."""
         name = self.names[id(layer)]
@@ -77,35 +69,6 @@ class _Weights:
             w = self.tensors[f"{name}.weight"]
             self.inverse_sigmas[name] = eval_inverse_sigma(w.flatten(2), layer.u0, layer.sn_eps)
         return self.inverse_sigmas[name]
-
-
-class _NormalizedWeights(torch.autograd.Function):
-    """``w / sigma`` for per-image weights ``w`` ``(B, out, in)``, with each ``sigma`` from one power iteration
-    from ``u`` ``(1, out)`` in eval mode, as :func:`~dgp.priors.layers.eval_inverse_sigma` computes it.
-
-    With ``a = u w`` held constant, ``s = 1 / sigma = |a| / n`` and ``n = |w a^T|``, the gradient is
-    ``s (g - (sum(g * w) / n^2) (w a^T) a)`` for the incoming gradient ``g``: a dot product per image, a
-    rank-one update and a scaling, where autograd's graph of the same forward pass makes about twice
-    as many passes over the weights (two products, a sum, an outer product and the sum of two gradients)."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, u: Tensor, eps: float) -> Tensor:  # noqa: ANN001 - autograd's signature
-        a = u @ w  # (B, 1, in)
-        a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
-        wa = weight_times_row(w, a)  # (B, out)
-        norm = torch.linalg.vector_norm(wa, dim=-1)
-        inverse_sigma = a_norm / norm
-        ctx.save_for_backward(w, a, wa, norm, inverse_sigma)
-        return w * inverse_sigma[:, None, None]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
-        w, a, wa, norm, inverse_sigma = ctx.saved_tensors
-        b = w.shape[0]
-        dot = torch.linalg.vecdot(grad.reshape(b, -1), w.reshape(b, -1))  # sum(g * w) per image
-        along = (dot / norm.square()).unsqueeze(-1) * wa  # (B, out)
-        grad_w = torch.addcmul(grad, along.unsqueeze(-1), a, value=-1)
-        return grad_w.mul_(inverse_sigma[:, None, None]), None, None
 
 
 def _per_image(v: Tensor, dims: int) -> Tensor:
@@ -119,14 +82,7 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    # the products with x and with the power iteration's constant row a = u w (eval_inverse_sigma) come from
-    # one product with both rows, so that autograd's weight gradient is one product too (of (B, out, 2) and
-    # (B, 2, in) matrices) instead of two outer products and their sum
-    a = layer.u0 @ w.detach()  # (B, 1, in)
-    wx, wa = torch.bmm(w, torch.cat([x.unsqueeze(1), a], dim=1).transpose(1, 2)).unbind(2)  # (B, out) each
-    inverse_sigma = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(layer.sn_eps) \
-        / torch.linalg.vector_norm(wa, dim=-1)
-    out = wx * inverse_sigma.unsqueeze(1)
+    out = weight_times_row(w, x.unsqueeze(1)) * weights.inverse_sigma(layer).unsqueeze(1)
     return out if bias is None else out + bias
 
 
@@ -231,7 +187,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     if stacked_weight is None:  # a shared weight with per-image biases
         w = layer.normalized_weight().expand(b, *layer.weight.shape)
     else:
-        w = weights.normalized(layer)
+        w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
     if upsample:
         # stride-2 transposed convolutions (as upsampled_conv3x3; per image forward, grouped backward) with
         # kernels (B, in, out, 4, 4) from one 2-D matrix product (its gradient too: no batch of tiny products)
@@ -316,9 +272,8 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
 
 class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
-    convolution weights share a batched power iteration (same-shaped small ones, as
-    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator; linear layers take their
-    power iteration's product together with their own, :func:`_linear`).
+    weights share a batched power iteration (same-shaped small ones, as
+    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator).
 
     Args:
         G: the generator.
@@ -330,7 +285,7 @@ class StackedLayout:
         self.names = {id(m): name for name, m in G.named_modules()}
         by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
         for name, m in G.named_modules():
-            if (isinstance(m, SNConv2d) and f"{name}.weight" in stacked
+            if (isinstance(m, SpectralNorm) and f"{name}.weight" in stacked
                     and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
                 by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append((name, m))
         self.spectral_norm_groups = [group for group in by_shape.values() if len(group) > 1]
