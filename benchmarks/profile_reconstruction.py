@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/profile_reconstruction.py [--prior cifar10] [--preset colorization]
-        [--threads N] [--batch 16] [-o docs/profile.md]
+        [--threads N] [--batch 16] [--large-group 32] [-o docs/profile.md]
 
 Part 1 runs the whole preset (as ``dgp colorize`` does) on one image and reports the search and every stage:
 iterations, seconds, ms per step and how many generator blocks are open. Part 2 profiles optimisation steps of
@@ -14,6 +14,9 @@ Part 3 times a step of the batch against one image's and against one of its grou
 alone, with per-image generators and through one shared generator: what the batch target asks and what bounds
 any engine that tunes a generator per image; and the same group of an 8-channel model alone and side by side
 with another in threads, which separates the cost of issuing operators in parallel from that of arithmetic.
+Part 4 times and profiles one group of ``--large-group`` images alone on one thread (the unit of a large batch
+on each core) against the conv peak of one thread: what the 40% throughput target asks, and how much of a
+step the convolutions take.
 Timings are for the given image content-independent: the observation is a random image.
 """
 
@@ -42,7 +45,7 @@ from dgp.objective import Objective
 from dgp.priors.layers import constant_network
 from dgp.reconstruct import DGPReconstructor, StackedGenerators, TunedGenerator, run_stages
 from dgp.schedule import Schedule, Stage
-from speed import cpu_name  # this script's folder
+from speed import conv_peak_gflops, cpu_name, flops_per_iteration  # this script's folder
 
 # (category, substrings of aten operator names), first match wins; everything else is "other".
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
@@ -241,6 +244,63 @@ def batch_bound(prior: Prior, batch: int, steps: int, rounds: int = 5) -> dict[s
     return times
 
 
+def throughput_bound(prior: Prior, group: int, steps: int) -> dict[str, float]:
+    """One group of ``group`` images alone on one thread (the unit the engine runs on each core), set-up
+    excluded as differences of a ``steps + 1``-step and a 1-step run: seconds per step without the profiler,
+    the convolution operators' own seconds per step under it (forward and backward), FLOPs per step (counted,
+    as ``speed.py`` counts them) and the conv peak of one thread (``speed.py``'s convolution)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wall = group_step_seconds(prior, group, steps, shared=False)
+        conv = []
+        with constant_network(prior.D):
+            for n in (1, steps + 1):
+                run = group_runner(prior, group, n)
+                run()  # warm-up
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    run()
+                conv.append(sum(e.self_cpu_time_total for e in prof.key_averages()
+                                if categorise(e.key).startswith("convolution")) / 1e6)
+        peak = conv_peak_gflops(1.0)
+    finally:
+        torch.set_num_threads(threads)
+    return {"step": wall, "conv": (conv[1] - conv[0]) / steps, "flops": group * flops_per_iteration(prior),
+            "peak": peak}
+
+
+def throughput_section(bound: dict[str, float], group: int, threads: int) -> list[str]:
+    """Table and reading of :func:`throughput_bound`: what the 40% target asks of the engine's groups."""
+    rate = bound["flops"] / bound["step"] / 1e9
+    conv_rate = bound["flops"] / bound["conv"] / 1e9
+    share = bound["conv"] / bound["step"]
+    peak = bound["peak"]
+    lines = [f"| a group of {group} images alone, 1 thread, each with its own generator | value |", "| --- | --- |",
+             f"| one step (set-up excluded) | {1e3 * bound['step']:.1f} ms |",
+             f"| FLOPs of the step (counted) | {bound['flops'] / 1e9:.2f} GFLOP |",
+             f"| achieved | {rate:.1f} GFLOP/s, {100 * rate / peak:.1f}% of one thread's conv peak "
+             f"({peak:.1f} GFLOP/s) |",
+             f"| the convolutions' own time (forward and backward, under the profiler) | "
+             f"{1e3 * bound['conv']:.1f} ms, {100 * share:.0f}% of the step |",
+             f"| the rate if nothing but the convolutions took time | {conv_rate:.1f} GFLOP/s, "
+             f"{100 * conv_rate / peak:.0f}% of the peak |"]
+    fraction, conv_fraction = rate / peak, conv_rate / peak
+    allowed = conv_fraction / 0.4 - 1  # the rest of a step, as a fraction of the convolutions' time, at 40%
+    rest = (f"the rest of the step (element-wise passes, spectral-norm products, Adam, operator overhead), now "
+            f"{100 * (1 - share) / share:.0f}% of the convolutions' time, would have to fall to "
+            f"{100 * allowed:.0f}% of it" if allowed > 0 else
+            "that is out of reach even if everything else took no time")
+    reading = (
+        f"The engine runs a large batch as {threads} such groups, one per core: on {threads} cores that did not "
+        f"slow each other it would run at {100 * fraction:.1f}% of {threads} times one thread's conv peak (a "
+        f"bound: busy cores share memory bandwidth, and the {threads}-thread peak that `speed.py` measures "
+        f"reads less than {threads} single-thread ones). The 40% target asks "
+        f"{100 * (0.4 / fraction - 1):.0f}% more of every step. The convolutions alone, at the rate they run "
+        f"inside the step, would give {100 * conv_fraction:.0f}% if everything else took no time; to reach 40%, "
+        f"{rest}.")
+    return lines + ["", reading]
+
+
 class _OperatorCounter(TorchDispatchMode):
     """Counts the ATen operators dispatched while active (forward, backward and optimizer alike)."""
 
@@ -417,6 +477,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch", type=int, default=16, help="batch size of the batched profile")
     parser.add_argument("--steps", type=int, default=20, help="steps per operator profile")
+    parser.add_argument("--large-group", type=int, default=32,
+                        help="group size of the throughput bound (64 images on 2 threads: 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/profile.md"))
     args = parser.parse_args()
@@ -431,6 +493,7 @@ def main() -> None:
     floor = overhead_floor(prior, args.steps)
     operators = (operators_per_step(prior, 1), operators_per_step(prior, args.batch))
     bound = batch_bound(prior, args.batch, args.steps)
+    large = throughput_bound(prior, args.large_group, 3)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch "
@@ -449,6 +512,11 @@ def main() -> None:
              "1-step run); a group is the unit `DGPReconstructor.batch` "
              "runs in each thread.",
              "", *bound_section(bound, args.batch, torch.get_num_threads()), ""]
+    threads = torch.get_num_threads()
+    text += ["## What bounds throughput at large batches", "",
+             f"What the 40% target asks: a large batch runs as one group per core ({args.large_group * threads} "
+             f"images as {threads} groups of {args.large_group}); measured on one such group alone.", "",
+             *throughput_section(large, args.large_group, threads), ""]
     text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(text))
