@@ -22,12 +22,14 @@ from dgp.priors.layers import (
     GBlock,
     SNConv2d,
     SNLinear,
+    add_upsampled_2x,
     constant_network,
     eval_inverse_sigma,
     frozen_spectral_norm,
     grouped_spectral_norm,
     narrow_conv3x3,
     pooled_conv3x3,
+    upsample_nearest_2x,
     spectral_sigma,
     upsampled_conv3x3,
 )
@@ -103,6 +105,21 @@ def test_pooled_conv_equals_convolve_then_pool(shape):
     g = _randn(*theirs.shape)
     torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0],
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (5, 2, 3, 7)])
+def test_upsampling_copies_equal_interpolate_exactly(shape):
+    """The two-copy nearest upsampling and the shortcut sum: PyTorch's values and gradients, bit for bit."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    out = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3]).requires_grad_(True)
+    g = torch.randn(out.shape)
+    up = F.interpolate(x, scale_factor=2)
+    assert torch.equal(upsample_nearest_2x(x), up)
+    assert torch.equal(add_upsampled_2x(out, x), out + up)
+    expected = torch.autograd.grad(out + up, (out, x), g)
+    for ours, theirs in zip(torch.autograd.grad(add_upsampled_2x(out, x), (out, x), g), expected):
+        assert torch.equal(ours, theirs)
+    assert torch.equal(torch.autograd.grad(upsample_nearest_2x(x), x, g)[0], expected[1])
 
 
 @pytest.mark.parametrize("min_side", [1, 10**6])

@@ -212,6 +212,75 @@ def _box_taps(flip: bool) -> Tensor:
     return torch.einsum("uk,vl->uvkl", one_dim, one_dim).reshape(9, 16)
 
 
+def _widened(x: Tensor) -> Tensor:
+    """``(B, C, H, W) -> (B, C, H, 1, 2W)``: a copy of ``x`` with every column twice, ready to broadcast over
+    the doubled rows."""
+    b, c, h, w = x.shape
+    return x.unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 1, 2 * w)
+
+
+def _upsample_backward(grad: Tensor, size: tuple[int, int, int, int]) -> Tensor:
+    """The gradient of a 2x nearest upsampling to ``(B, C, H, W)`` ``size``: the sum over each 2x2 block of
+    ``grad`` ``(B, C, 2H, 2W)`` (PyTorch's own kernel)."""
+    b, c, h, w = size
+    return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
+
+
+class _Upsample2x(torch.autograd.Function):
+    """``F.interpolate(x, scale_factor=2)`` (nearest) for ``(B, C, H, W)`` ``x``, forward as two copies: the
+    columns doubled (:func:`_widened`), then the rows.
+
+    On a CPU, PyTorch's nearest-upsampling kernel copies a contiguous input and its output to and from the
+    channels-last layout, and one copy of a view that repeats every element along its innermost dimension (a
+    stride of 0) is slow too: for 8 images of 64 channels from 16 to 32 px, 0.64 ms against 0.27 ms for
+    the two copies (one thread). The backward pass is PyTorch's own (the sum over each 2x2 block)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's signature
+        b, c, h, w = x.shape
+        ctx.input_size = (b, c, h, w)
+        return _widened(x).expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        return _upsample_backward(grad, ctx.input_size)
+
+
+class _AddUpsampled2x(torch.autograd.Function):
+    """``out + F.interpolate(x, scale_factor=2)`` (nearest) for ``out`` ``(B, C, 2H, 2W)`` and ``x``
+    ``(B, C, H, W)``: the residual shortcut of an upsampling block, as one broadcast sum, with no upsampled copy
+    of ``x`` in memory."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001
+        b, c, h, w = x.shape
+        ctx.input_size = (b, c, h, w)
+        return (out.reshape(b, c, h, 2, 2 * w) + _widened(x)).reshape(b, c, 2 * h, 2 * w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        return grad, _upsample_backward(grad, ctx.input_size)
+
+
+# A single image keeps PyTorch's own upsampling: in alternating rounds of whole single-image steps (the lean
+# path, 2 threads) the copies made a step 2.8% slower (median of 10 rounds); for a latent search's batch of
+# 200 candidates they made the search 17% faster (median of 10 rounds)
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """``F.interpolate(x, scale_factor=2)`` (nearest): ``(B, C, H, W) -> (B, C, 2H, 2W)``, the same values and
+    gradient; for several images faster on a CPU (:class:`_Upsample2x`)."""
+    if x.shape[0] == 1:
+        return F.interpolate(x, scale_factor=2)
+    return _Upsample2x.apply(x)
+
+
+def add_upsampled_2x(out: Tensor, x: Tensor) -> Tensor:
+    """``out + F.interpolate(x, scale_factor=2)`` (nearest) for ``out`` ``(B, C, 2H, 2W)`` and ``x``
+    ``(B, C, H, W)``; for several images without an upsampled copy of ``x`` (:class:`_AddUpsampled2x`)."""
+    if x.shape[0] == 1:
+        return out + F.interpolate(x, scale_factor=2)
+    return _AddUpsampled2x.apply(out, x)
+
+
 def upsampled_taps() -> Tensor:
     """``(9, 16)`` taps of the transposed convolution that :func:`upsampled_conv3x3` runs (a flipped sum)."""
     return _box_taps(flip=True)
@@ -344,7 +413,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         side = 2 * x.shape[-1]
         if side >= self.upsampled_conv_min_side and self.is_plain_3x3():
             return upsampled_conv3x3(x, self.normalized_weight(), self.bias, self.upsampled_taps)
-        return self(F.interpolate(x, scale_factor=2))
+        return self(upsample_nearest_2x(x))
 
     def is_plain_3x3(self) -> bool:
         """Whether this is an ordinary 3x3 convolution (padding 1, stride 1, no dilation or groups)."""
@@ -527,9 +596,8 @@ class GBlock(nn.Module):
         h = self.conv1.forward_upsampled(h) if self.upsample else self.conv1(h)
         h = F.relu(self._norm(self.bn2, self.in2, h, y, use_in))
         self.in_ready = use_in
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2)
-        return self.conv2(h) + x
+        out = self.conv2(h)
+        return add_upsampled_2x(out, x) if self.upsample else out + x
 
 
 class DBlock(nn.Module):

@@ -32,7 +32,9 @@ from dgp.priors.layers import (
     SNConv2d,
     SNLinear,
     SpectralNorm,
+    add_upsampled_2x,
     eval_inverse_sigma,
+    upsample_nearest_2x,
     weight_times_row,
 )
 
@@ -86,56 +88,6 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     return out if bias is None else out + bias
 
 
-def _widened(x: Tensor) -> Tensor:
-    """``(B, C, H, W) -> (B, C, H, 1, 2W)``: a copy of ``x`` with every column twice, ready to broadcast over
-    the doubled rows."""
-    b, c, h, w = x.shape
-    return x.unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 1, 2 * w)
-
-
-def _upsample_backward(grad: Tensor, size: tuple[int, int, int, int]) -> Tensor:
-    """The gradient of a 2x nearest upsampling to ``(B, C, H, W)`` ``size``: the sum over each 2x2 block of
-    ``grad`` ``(B, C, 2H, 2W)`` (PyTorch's own kernel)."""
-    b, c, h, w = size
-    return torch.ops.aten.upsample_nearest2d_backward(grad, [2 * h, 2 * w], [b, c, h, w], 2.0, 2.0)
-
-
-class _Upsample2x(torch.autograd.Function):
-    """``F.interpolate(x, scale_factor=2)`` (nearest) for ``(B, C, H, W)`` ``x``, forward as two copies: the
-    columns doubled (:func:`_widened`), then the rows.
-
-    On a CPU, PyTorch's nearest-upsampling kernel copies a contiguous input and its output to and from the
-    channels-last layout, and one copy of a view that repeats every element along its innermost dimension (a
-    stride of 0) is slow too: for 8 images of 64 channels from 16 to 32 px, 0.64 ms against 0.27 ms for
-    the two copies (one thread). The backward pass is PyTorch's own (the sum over each 2x2 block)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd's signature
-        b, c, h, w = x.shape
-        ctx.input_size = (b, c, h, w)
-        return _widened(x).expand(b, c, h, 2, 2 * w).reshape(b, c, 2 * h, 2 * w)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
-        return _upsample_backward(grad, ctx.input_size)
-
-
-class _AddUpsampled2x(torch.autograd.Function):
-    """``out + F.interpolate(x, scale_factor=2)`` (nearest) for ``out`` ``(B, C, 2H, 2W)`` and ``x``
-    ``(B, C, H, W)``: the residual shortcut of an upsampling block, as one broadcast sum, with no upsampled copy
-    of ``x`` in memory."""
-
-    @staticmethod
-    def forward(ctx, out: Tensor, x: Tensor) -> Tensor:  # noqa: ANN001
-        b, c, h, w = x.shape
-        ctx.input_size = (b, c, h, w)
-        return (out.reshape(b, c, h, 2, 2 * w) + _widened(x)).reshape(b, c, 2 * h, 2 * w)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-        return grad, _upsample_backward(grad, ctx.input_size)
-
-
 class _UpsampledConv(torch.autograd.Function):
     """Per-image stride-2 transposed convolutions with 4x4 kernels: ``x`` ``(B, in, H, W)``, ``kernels``
     ``(B, in, out, 4, 4)`` and ``bias`` ``(B, out)`` or ``None`` to ``(B, out, 2H, 2W)``.
@@ -174,7 +126,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     if bias is not None and not bias_per_image:
         bias = bias.expand(b, -1)
     if upsample and (2 * x.shape[-1] < layer.upsampled_conv_min_side or not layer.is_plain_3x3()):
-        x, upsample = _Upsample2x.apply(x), False  # upsample, then convolve (as BigGAN does)
+        x, upsample = upsample_nearest_2x(x), False  # upsample, then convolve (as BigGAN does)
     grouped = not upsample and layer.kernel_size != (1, 1)
     if stacked_weight is not None and grouped and x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel():
         # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less
@@ -247,7 +199,7 @@ def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool)
     h = torch.relu_(norm(block.bn2, block.in2, h))
     block.in_ready = use_in
     out = _conv(weights, block.conv2, h)
-    return _AddUpsampled2x.apply(out, x) if block.upsample else out + x
+    return add_upsampled_2x(out, x) if block.upsample else out + x
 
 
 def _attention(weights: _Weights, att: Attention, x: Tensor) -> Tensor:
