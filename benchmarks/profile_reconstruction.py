@@ -244,29 +244,33 @@ def batch_bound(prior: Prior, batch: int, steps: int, rounds: int = 5) -> dict[s
     return times
 
 
-def throughput_bound(prior: Prior, group: int, steps: int) -> dict[str, float]:
+def throughput_bound(prior: Prior, group: int, steps: int, rounds: int = 3) -> dict[str, float]:
     """One group of ``group`` images alone on one thread (the unit the engine runs on each core), set-up
-    excluded as differences of a ``steps + 1``-step and a 1-step run: seconds per step without the profiler,
-    the convolution operators' own seconds per step under it (forward and backward), FLOPs per step (counted,
-    as ``speed.py`` counts them) and the conv peak of one thread (``speed.py``'s convolution)."""
+    excluded as differences of a ``steps + 1``-step and a 1-step run, medians of ``rounds`` rounds: seconds
+    per step without the profiler, the convolution operators' own seconds per step under it (forward and
+    backward), the conv peak of one thread (``speed.py``'s convolution), and the FLOPs of a step (counted, as
+    ``speed.py`` counts them)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    walls, convs, peaks = [], [], []
     try:
-        wall = group_step_seconds(prior, group, steps, shared=False)
-        conv = []
-        with constant_network(prior.D):
-            for n in (1, steps + 1):
-                run = group_runner(prior, group, n)
-                run()  # warm-up
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
-                    run()
-                conv.append(sum(e.self_cpu_time_total for e in prof.key_averages()
-                                if categorise(e.key).startswith("convolution")) / 1e6)
-        peak = conv_peak_gflops(1.0)
+        for _ in range(rounds):
+            walls.append(group_step_seconds(prior, group, steps, shared=False))
+            conv = []
+            with constant_network(prior.D):
+                for n in (1, steps + 1):
+                    run = group_runner(prior, group, n)
+                    run()  # warm-up
+                    with profile(activities=[ProfilerActivity.CPU]) as prof:
+                        run()
+                    conv.append(sum(e.self_cpu_time_total for e in prof.key_averages()
+                                    if categorise(e.key).startswith("convolution")) / 1e6)
+            convs.append((conv[1] - conv[0]) / steps)
+            peaks.append(conv_peak_gflops(1.0))
     finally:
         torch.set_num_threads(threads)
-    return {"step": wall, "conv": (conv[1] - conv[0]) / steps, "flops": group * flops_per_iteration(prior),
-            "peak": peak}
+    return {"step": statistics.median(walls), "conv": statistics.median(convs),
+            "flops": group * flops_per_iteration(prior), "peak": statistics.median(peaks)}
 
 
 def throughput_section(bound: dict[str, float], group: int, threads: int) -> list[str]:
@@ -493,7 +497,7 @@ def main() -> None:
     floor = overhead_floor(prior, args.steps)
     operators = (operators_per_step(prior, 1), operators_per_step(prior, args.batch))
     bound = batch_bound(prior, args.batch, args.steps)
-    large = throughput_bound(prior, args.large_group, 3)
+    large = throughput_bound(prior, args.large_group, 5)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch "
@@ -515,7 +519,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     text += ["## What bounds throughput at large batches", "",
              f"What the 40% target asks: a large batch runs as one group per core ({args.large_group * threads} "
-             f"images as {threads} groups of {args.large_group}); measured on one such group alone.", "",
+             f"images as {threads} groups of {args.large_group}); measured on one such group alone, medians of 3 "
+             "rounds (steps as the difference of a 6-step and a 1-step run).", "",
              *throughput_section(large, args.large_group, threads), ""]
     text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
