@@ -29,8 +29,8 @@ from dgp.priors.layers import (
     grouped_spectral_norm,
     narrow_conv3x3,
     pooled_conv3x3,
-    upsample_nearest_2x,
     spectral_sigma,
+    upsample_nearest_2x,
     upsampled_conv3x3,
 )
 
@@ -107,7 +107,7 @@ def test_pooled_conv_equals_convolve_then_pool(shape):
                                rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (5, 2, 3, 7)])
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (5, 2, 3, 7)])  # one image: PyTorch's kernel; several: copies
 def test_upsampling_copies_equal_interpolate_exactly(shape):
     """The two-copy nearest upsampling and the shortcut sum: PyTorch's values and gradients, bit for bit."""
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
