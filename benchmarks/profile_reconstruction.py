@@ -297,8 +297,7 @@ def throughput_section(bound: dict[str, float], group: int, threads: int) -> lis
     reading = (
         f"The engine runs a large batch as {threads} such groups, one per core: on {threads} cores that did not "
         f"slow each other it would run at {100 * fraction:.1f}% of {threads} times one thread's conv peak (a "
-        f"bound: busy cores share memory bandwidth, and the {threads}-thread peak that `speed.py` measures "
-        f"reads less than {threads} single-thread ones). The 40% target asks "
+        "bound: busy cores share memory bandwidth). The 40% target asks "
         f"{100 * (0.4 / fraction - 1):.0f}% more of every step. The convolutions alone, at the rate they run "
         f"inside the step, would give {100 * conv_fraction:.0f}% if everything else took no time; to reach 40%, "
         f"{rest}.")

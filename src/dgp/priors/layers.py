@@ -277,7 +277,7 @@ def add_upsampled_2x(out: Tensor, x: Tensor) -> Tensor:
     """``out + F.interpolate(x, scale_factor=2)`` (nearest) for ``out`` ``(B, C, 2H, 2W)`` and ``x``
     ``(B, C, H, W)``; for several images without an upsampled copy of ``x`` (:class:`_AddUpsampled2x`)."""
     if x.shape[0] == 1:
-        return out + F.interpolate(x, scale_factor=2)
+        return out + upsample_nearest_2x(x)
     return _AddUpsampled2x.apply(out, x)
 
 
