@@ -84,3 +84,13 @@ def test_stacked_forward_needs_per_image_instance_norm_buffers():
     with pytest.raises(ValueError, match="instance-norm"):
         stacked_generator_forward(StackedLayout(G, stacked), stacked, torch.zeros(B, G.dim_z, dtype=torch.float64),
                                   torch.zeros(B, dtype=torch.long), use_in=True)
+
+
+def test_large_batches_normalise_spectral_norms_layer_by_layer():
+    G = _generator()
+    names = [n for n, _ in G.named_parameters() if n.startswith("blocks.")]
+    few = StackedLayout(G, names, batch=B)
+    assert few.spectral_norm_groups  # the tiny prior's same-shaped linear layers share a power iteration
+    largest = max(m.weight.numel() for group in few.spectral_norm_groups for _, m in group)
+    many = StackedLayout(G, names, batch=stacked_module.STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL // largest + 1)
+    assert all(m.weight.numel() < largest for group in many.spectral_norm_groups for _, m in group)

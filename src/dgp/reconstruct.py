@@ -227,7 +227,7 @@ class StackedGenerators:
         self.fixed.update({n: t for n, t in self.G.named_buffers() if n not in per_image})
         self.groups = [[self.params[n] for n in g] for g in groups]
         self.stacked = {**self.params, **self.buffers}
-        self.layout = StackedLayout(self.G, self.stacked)
+        self.layout = StackedLayout(self.G, self.stacked, b)
 
         layout, keys = self.layout, list(self.stacked)
         self._forward = Recorded(  # replayed from a recording (dgp.tracing)

@@ -222,6 +222,13 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     return torch.tanh(_conv(weights, conv, torch.relu_(h)))
 
 
+# B copies of a weight are normalised together with the other layers of its shape (one stacked copy of them
+# all, one batched power iteration) up to this many elements in all, layer by layer beyond: for the prior's
+# conditional batch norms' (64, 160) linear layers, grouped was 2.7% faster a step for a group of 8 images and
+# layer by layer 1.9% faster for 16 and 1.5% for 32 (one thread, in-process alternating rounds, medians)
+STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL = 1 << 17
+
+
 class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
     weights share a batched power iteration (same-shaped small ones, as
@@ -230,15 +237,18 @@ class StackedLayout:
     Args:
         G: the generator.
         stacked: names of the tensors that will be given per image.
+        batch: the number of images B: weights whose B copies together exceed
+            :data:`STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL` elements are normalised layer by layer.
     """
 
-    def __init__(self, G: Generator, stacked: Collection[str]) -> None:
+    def __init__(self, G: Generator, stacked: Collection[str], batch: int = 1) -> None:
         self.G = G
         self.names = {id(m): name for name, m in G.named_modules()}
         by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
         for name, m in G.named_modules():
             if (isinstance(m, SpectralNorm) and f"{name}.weight" in stacked
-                    and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL):
+                    and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL
+                    and batch * m.weight.numel() <= STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL):
                 by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append((name, m))
         self.spectral_norm_groups = [group for group in by_shape.values() if len(group) > 1]
 
