@@ -58,7 +58,7 @@ def test_stacked_forward_equals_each_generator_alone(which, use_in, products, sp
     ids = torch.tensor([0, 2, 1])
     G.reset_instance_norm()
     tensors = {**stacked, **buffers}
-    ours = stacked_generator_forward(StackedLayout(G, tensors), tensors, z, ids, use_in)
+    ours = stacked_generator_forward(StackedLayout(G, tensors, B), tensors, z, ids, use_in)
     grad_out = torch.randn_like(ours)
     grads = torch.autograd.grad(ours, list(stacked.values()), grad_out, allow_unused=True)
     for i in range(B):
@@ -82,7 +82,7 @@ def test_stacked_forward_needs_per_image_instance_norm_buffers():
     G = _generator()
     stacked = _per_image_weights(G, [n for n, _ in G.named_parameters() if n.startswith("blocks.")])
     with pytest.raises(ValueError, match="instance-norm"):
-        stacked_generator_forward(StackedLayout(G, stacked), stacked, torch.zeros(B, G.dim_z, dtype=torch.float64),
+        stacked_generator_forward(StackedLayout(G, stacked, B), stacked, torch.zeros(B, G.dim_z, dtype=torch.float64),
                                   torch.zeros(B, dtype=torch.long), use_in=True)
 
 

@@ -39,6 +39,14 @@ from dgp.priors.layers import (
 )
 
 
+# B copies of a weight are normalised together with the other layers of its shape (one stacked copy of them
+# all, one batched power iteration) up to this many elements in all, layer by layer beyond. With every small
+# weight of the prior normalised layer by layer instead, a step was 2.7% slower for a group of 8 images and
+# 1.9% faster for 16 and 1.5% for 32 (one thread); with this limit 64 images through the engine stepped 1.043x
+# faster than with sharing at any size (in-process alternating rounds, medians)
+STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL = 1 << 17
+
+
 class _Weights:
     """Looks up the tensors of one stacked forward pass by their state-dict names; keeps the inverse singular
     values computed in the pass."""
@@ -222,13 +230,6 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
     return torch.tanh(_conv(weights, conv, torch.relu_(h)))
 
 
-# B copies of a weight are normalised together with the other layers of its shape (one stacked copy of them
-# all, one batched power iteration) up to this many elements in all, layer by layer beyond: for the prior's
-# conditional batch norms' (64, 160) linear layers, grouped was 2.7% faster a step for a group of 8 images and
-# layer by layer 1.9% faster for 16 and 1.5% for 32 (one thread, in-process alternating rounds, medians)
-STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL = 1 << 17
-
-
 class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
     weights share a batched power iteration (same-shaped small ones, as
@@ -241,7 +242,7 @@ class StackedLayout:
             :data:`STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL` elements are normalised layer by layer.
     """
 
-    def __init__(self, G: Generator, stacked: Collection[str], batch: int = 1) -> None:
+    def __init__(self, G: Generator, stacked: Collection[str], batch: int) -> None:
         self.G = G
         self.names = {id(m): name for name, m in G.named_modules()}
         by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
