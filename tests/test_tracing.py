@@ -45,6 +45,36 @@ def test_recorded_generator_equals_eager_values_and_gradients(tiny_prior, monkey
         assert torch.equal(got, want)
 
 
+def test_groups_share_one_recording_and_replay_their_own_weights_and_classes(tiny_prior, monkeypatch):
+    """Two groups of one batch, given the same :class:`~dgp.tracing.Recordings`: the second replays the
+    first's recording, and gets exactly what its own eager pass gives, values and gradients."""
+    z = torch.randn(2, tiny_prior.G.dim_z, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def groups(recordings):
+        made = [StackedGenerators(tiny_prior.G, torch.tensor(ids), True, True, recordings)
+                for ids in ([2, 0], [1, 1])]
+        with torch.no_grad():  # the second group's weights differ from the first's, as after tuning
+            for p in made[1].params.values():
+                p.add_(torch.linspace(-0.01, 0.01, p.numel()).reshape(p.shape))
+        return made
+
+    recordings = tracing.Recordings()
+    shared = groups(recordings)
+    replayed = [group(z, False) for group in shared]
+    assert shared[0]._forward.recording is not None, "no recording was made: this PyTorch lacks the tracer"
+    assert shared[1]._forward.recording is shared[0]._forward.recording
+    _no_tracer(monkeypatch)
+    eager = groups(None)
+    for got_group, want_group, got in zip(shared, eager, replayed):
+        want = want_group(z, False)
+        assert torch.equal(got, want)
+        got_params = [p for g in got_group.groups for p in g]
+        want_params = [p for g in want_group.groups for p in g]
+        for a, b in zip(_gradients(got, [z, *got_params]), _gradients(want, [z, *want_params])):
+            assert torch.equal(a, b)
+    assert not torch.equal(replayed[0], replayed[1])
+
+
 def test_recorded_discriminator_features_equal_eager(tiny_prior):
     generator = torch.Generator().manual_seed(1)
     target = torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1  # broadcast against any batch
@@ -56,12 +86,14 @@ def test_recorded_discriminator_features_equal_eager(tiny_prior):
         expected = feature_distance(tiny_prior.D(x)[1], objective.target_features, objective.num_features)
         assert torch.equal(replayed, expected)
         assert torch.equal(*[torch.autograd.grad(v.sum(), x)[0] for v in (replayed, expected)])
-        # a subset records on its own; another input shape is recorded anew
+        # another input shape is recorded anew; subsets share the objective's recordings
         part = objective.subset(0)
         assert part.features(x[:1], 2).shape == (1,)
         assert part._constant_features.recording is not objective._constant_features.recording
+        assert part._constant_features.recording.shapes == [(1, 3, 32, 32)]
         assert objective.features(x[:1], 2).shape == (1,)
-        assert objective._constant_features.recording.shapes == [(1, 3, 32, 32)]
+        assert objective._constant_features.recording is part._constant_features.recording
+        assert objective.subset(0)._constant_features.recordings is objective._constant_features.recordings
 
 
 def _switching_schedule():
@@ -75,11 +107,13 @@ def _switching_schedule():
 
 
 def _reconstruct(prior, schedule, batch: bool) -> list:
+    """One image alone, or 4 in 2 groups of different classes (the second group replays the first's
+    recordings of G and D)."""
     deg = parse_degradation("gray", size=(32, 32))
     observations = [deg.observe(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1)
-                    for i in range(3)]
+                    for i in range(4)]
     rec = DGPReconstructor(prior, schedule)
-    return rec.batch(observations, deg, [0, 1, 2], shards=2) if batch else [rec(observations[0], deg, 0)]
+    return rec.batch(observations, deg, [0, 1, 2, 1], shards=2) if batch else [rec(observations[0], deg, 0)]
 
 
 @pytest.mark.parametrize("batch", [False, True])
@@ -142,7 +176,9 @@ def test_recorded_function_replays_new_values_and_records_new_shapes():
     assert all(torch.equal(a, b) for a, b in zip(recording(x, y), fn(x, y), strict=True))
     assert recording.matches([x, y]) and not recording.matches([x[:2], y[:2]])
     recorded = tracing.Recorded(fn, "test")
-    recorded(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(recorded(x, y), fn(x, y), strict=True))  # as recorded
     first = recorded.recording
     assert torch.equal(recorded(x[:2], y[:2])[0], fn(x[:2], y[:2])[0])
     assert recorded.recording is not first and recorded.recording.shapes == [(2,), (2,)]
+    assert all(torch.equal(a, b) for a, b in zip(recorded(y, x), fn(y, x), strict=True))  # replayed
+    assert recorded.recording is first

@@ -56,9 +56,9 @@ class Objective:
     The target's features are computed once, here, and never change. D's weights are held constant: gradients
     flow to the images only, never into ``D`` (the prior's discriminator gets no ``.grad`` and no backward work).
     Inside :func:`dgp.priors.layers.constant_network` (as reconstructions run it) ``D`` is called directly,
-    replayed from a recording of its first pass for inputs of that shape (:mod:`dgp.tracing`), with D's
-    normalised weights at that time as constants; otherwise through ``functional_call`` with detached
-    weights, which costs more operators per call.
+    replayed from a recording of its first pass for inputs of that shape (:mod:`dgp.tracing`, shared with the
+    objective's subsets), with D's normalised weights at that time as constants; otherwise through
+    ``functional_call`` with detached weights, which costs more operators per call.
     """
 
     def __init__(self, D: Discriminator, target: Tensor) -> None:
@@ -71,12 +71,13 @@ class Objective:
 
     def subset(self, start: int, stop: int | None = None) -> Objective:
         """The objective of images ``start`` to ``stop - 1`` (default: ``start`` alone) of a batched target
-        (features sliced, not recomputed)."""
+        (features sliced, not recomputed; D's recordings shared, so that subsets of one size record once)."""
         stop = start + 1 if stop is None else stop
         part = Objective.__new__(Objective)
         part.D = self.D
         part._constant_weights = self._constant_weights
-        part._constant_features = Recorded(self._constant_features.fn, "discriminator features")
+        part._constant_features = Recorded(self._constant_features.fn, "discriminator features",
+                                           self._constant_features.recordings)
         part.target = self.target[start:stop]
         part.target_features = [f[start:stop] for f in self.target_features]
         return part

@@ -22,7 +22,7 @@ from dgp.priors.layers import FrozenInstanceNorm, SpectralNorm, constant_network
 from dgp.priors.registry import Prior
 from dgp.priors.stacked import StackedLayout, stacked_generator_forward
 from dgp.schedule import Schedule
-from dgp.tracing import Recorded
+from dgp.tracing import Recorded, Recordings
 
 
 class ReconstructionError(RuntimeError):
@@ -203,9 +203,14 @@ class StackedGenerators:
     mode) is kept once and shared, so that those layers run as ordinary batched layers. Passes without
     instance norm are replayed from a recording of the first (:mod:`dgp.tracing`), which frees groups that
     run side by side in threads of one process from taking turns at Python's global interpreter lock.
+    Groups of one batch (copies of one generator, tuned by one schedule) can share their recordings: given
+    the same ``recordings``, the first group of each size records and the others replay that recording with
+    their own tensors and classes (its constants, the untuned tensors of the first group's copy, are equal to
+    theirs).
     """
 
-    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool) -> None:
+    def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool,
+                 recordings: Recordings | None = None) -> None:
         self.G = copy.deepcopy(G).eval()
         self.G.reset_instance_norm()
         self.class_ids = class_ids
@@ -231,14 +236,14 @@ class StackedGenerators:
 
         layout, keys = self.layout, list(self.stacked)
         self._forward = Recorded(  # replayed from a recording (dgp.tracing)
-            lambda z, *values: stacked_generator_forward(layout, dict(zip(keys, values)), z, class_ids),
-            "stacked generators")
+            lambda z, ids, *values: stacked_generator_forward(layout, dict(zip(keys, values)), z, ids),
+            "stacked generators", recordings)
 
     def __call__(self, z: Tensor, use_in: bool) -> Tensor:
         if use_in:  # instance norm sets its affine on its first pass: state that a recording cannot replay
             return stacked_generator_forward(self.layout, self.stacked, z, self.class_ids, use_in=True)
         self.G.reset_instance_norm()  # what a pass without instance norm does to the blocks' state, in Python
-        return self._forward(z, *self.stacked.values())
+        return self._forward(z, self.class_ids, *self.stacked.values())
 
     def embeddings(self) -> Tensor:
         w = self.params.get("shared.weight")
@@ -332,11 +337,20 @@ class _Shard:
     degrade: Callable[[Tensor], Tensor]
     histories: list[list[dict[str, float]]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    images: Tensor = field(default_factory=lambda: torch.empty(0))
+    embeddings: Tensor = field(default_factory=lambda: torch.empty(0))
+    states: list[dict[str, Tensor]] = field(default_factory=list)
 
     def run(self, schedule: Schedule, emit: Callable[[StepEvent], None] | None,
             stop: threading.Event | None) -> None:
+        """Tune the shard, then make its results (on the CPU): final images ``(n, 3, R, R)``, class embeddings
+        ``(n, shared_dim)`` and generator states, here, in the shard's own thread."""
         self.histories, self.timings = run_stages(self.tuned, self.z, self.objective, self.degrade, schedule,
                                                   emit, stop)
+        with torch.no_grad():
+            self.images = self.tuned(self.z, schedule.stages[-1].use_in).detach().cpu()
+            self.embeddings = self.tuned.embeddings().detach().cpu()
+        self.states = self.tuned.states()
 
 
 def _run_shards(shards: list[_Shard], schedule: Schedule, emit: Callable[[StepEvent], None] | None) -> None:
@@ -475,12 +489,15 @@ class DGPReconstructor:
             ids = torch.tensor([s[1] for s in starts], device=device)
             if shards is None:
                 shards = torch.get_num_threads() if device.type == "cpu" else 1
-            parts, start = [], 0
+            parts, start, recordings = [], 0, Recordings()
             for count in shard_sizes(len(observations), shards):
                 end = start + count
-                kind = StackedGenerators if stacked and count > 1 else TunedGenerator
-                parts.append(_Shard(start, end, kind(prior.G, ids[start:end], schedule.update_embed,
-                                                     schedule.tune_output_layer),
+                if stacked and count > 1:
+                    tuned = StackedGenerators(prior.G, ids[start:end], schedule.update_embed,
+                                              schedule.tune_output_layer, recordings)
+                else:
+                    tuned = TunedGenerator(prior.G, ids[start:end], schedule.update_embed, schedule.tune_output_layer)
+                parts.append(_Shard(start, end, tuned,
                                     z_all[start:end].clone().requires_grad_(True), objective.subset(start, end),
                                     _degrade_function(degradations[start:end], size)))
                 start = end
@@ -488,15 +505,11 @@ class DGPReconstructor:
         last_in = schedule.stages[-1].use_in
         results = []
         for part in parts:
-            with torch.no_grad():
-                images = part.tuned(part.z, last_in).detach().cpu()
-                embeddings = part.tuned.embeddings().detach().cpu()
-            states = part.tuned.states()
             for j, i in enumerate(range(part.start, part.stop)):
                 results.append(Result(
-                    image=images[j:j + 1], observation=observations[i].detach().cpu(),
+                    image=part.images[j:j + 1], observation=observations[i].detach().cpu(),
                     target=targets[i:i + 1].detach().cpu(), z=part.z[j:j + 1].detach().cpu(), class_id=int(ids[i]),
-                    class_embedding=embeddings[j:j + 1], generator_state=states[j], use_in=last_in,
+                    class_embedding=part.embeddings[j:j + 1], generator_state=part.states[j], use_in=last_in,
                     history=part.histories[j], timings={"search": search_time, **part.timings}))
         return results
 

@@ -19,7 +19,7 @@ A recorded function replays what the Python function did for the recorded inputs
 (on shapes, flags, module state) are fixed at recording time, Python side effects do not happen again, and
 every tensor that is not an input is a constant. Callers record only functions whose branches cannot change
 over the recording's life, pass every tensor that changes (in value or in ``requires_grad``) as an input,
-redo any side effect themselves, and re-record when input shapes change. The tracer does not see grad mode:
+redo any side effect themselves, and record anew for other input shapes. The tracer does not see grad mode:
 operations under ``torch.no_grad()`` would be recorded as differentiable ones, so code that runs recorded
 marks constants with ``.detach()`` instead, and it sees sizes as tensors (use ``int`` where a size is a key).
 """
@@ -85,28 +85,77 @@ def _dispatch_mode_active() -> bool:
     return depth is not None and depth() > 0
 
 
+def _record_and_run(fn: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tensor],
+                    name: str) -> tuple[RecordedFunction | None, Tensor | tuple[Tensor, ...]]:
+    """:func:`record` ``fn`` and return the recording with what ``fn`` returned while it was recorded (the
+    tracer runs the eager operators, so that is ``fn(*inputs)``, with its autograd graph), or ``None`` and
+    ``fn(*inputs)`` where no recording can be made."""
+    results: list[Tensor | tuple[Tensor, ...]] = []
+
+    def run_and_keep(*args: Tensor) -> Tensor | tuple[Tensor, ...]:
+        results.append(fn(*args))
+        return results[-1]
+
+    recording = record(run_and_keep, inputs, name)
+    if recording is None or not results:
+        return None, fn(*inputs)
+    return recording, results[0]
+
+
+Shapes = tuple[tuple[int, ...], ...]
+
+
+class Recordings:
+    """Recordings of one computation by input shapes, for the :class:`Recorded` functions that share it.
+
+    Functions that compute the same thing from their inputs (the same operators, the same constant tensors
+    or tensors of equal values, as the per-thread groups of one batch do) can replay one recording: the first
+    caller for some input shapes records, callers in other threads wait for it, then all replay it.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_shapes: dict[Shapes, RecordedFunction | None] = {}
+
+    def run(self, fn: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tensor],
+            name: str) -> tuple[RecordedFunction | None, Tensor | tuple[Tensor, ...]]:
+        """``fn(*inputs)``, replayed from the recording for these input shapes, made (by running ``fn``) when
+        there is none yet; also returns the recording (``None``: this PyTorch cannot record, ``fn`` ran)."""
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        if shapes not in self._by_shapes:
+            with self._lock:
+                if shapes not in self._by_shapes:
+                    recording, result = _record_and_run(fn, inputs, name)
+                    self._by_shapes[shapes] = recording  # None: run eagerly from now on, without the lock
+                    return recording, result
+        recording = self._by_shapes[shapes]
+        return recording, fn(*inputs) if recording is None else recording(*inputs)
+
+
 class Recorded:
-    """``fn``, replayed from a recording (:func:`record`) made on the first call (which runs ``fn`` once more)
-    and again whenever the input shapes change; ``fn`` itself where no recording can be made, and while a
-    Python dispatch mode (such as ``torch.utils.flop_counter.FlopCounterMode``) is active: recording under
-    one fails.
+    """``fn``, replayed from a recording (:func:`record`) of it for the inputs' shapes, made on the first call
+    with inputs of those shapes (which returns what ``fn`` returned while it was recorded); ``fn`` itself where
+    no recording can be made, and while a Python dispatch mode (such as
+    ``torch.utils.flop_counter.FlopCounterMode``) is active: recording under one fails.
 
     Args:
         fn: as for :class:`RecordedFunction`; its Python-level branches must not depend on anything but the
             input shapes over this object's life.
         name: the graph's name.
+        recordings: where the recordings are kept, to share them with other functions that compute the same
+            thing (:class:`Recordings`); by default this function's own.
     """
 
-    def __init__(self, fn: Callable[..., Tensor | tuple[Tensor, ...]], name: str) -> None:
+    def __init__(self, fn: Callable[..., Tensor | tuple[Tensor, ...]], name: str,
+                 recordings: Recordings | None = None) -> None:
         self.fn = fn
         self.name = name
-        self.recording: RecordedFunction | None = None
+        self.recordings = Recordings() if recordings is None else recordings
+        self.recording: RecordedFunction | None = None  # the one the last call replayed or made
 
     def __call__(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         if _dispatch_mode_active():
             return self.fn(*inputs)
-        if self.recording is None or not self.recording.matches(inputs):
-            self.recording = record(self.fn, inputs, self.name)
-            if self.recording is None:
-                return self.fn(*inputs)
-        return self.recording(*inputs)
+        self.recording, result = self.recordings.run(self.fn, inputs, self.name)
+        return result
