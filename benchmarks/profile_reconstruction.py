@@ -496,7 +496,8 @@ def main() -> None:
     floor = overhead_floor(prior, args.steps)
     operators = (operators_per_step(prior, 1), operators_per_step(prior, args.batch))
     bound = batch_bound(prior, args.batch, args.steps)
-    large = throughput_bound(prior, args.large_group, 5)
+    large_steps, large_rounds = 5, 3
+    large = throughput_bound(prior, args.large_group, large_steps, large_rounds)
     text = ["# Profile of one reconstruction", "",
             f"Measured by `benchmarks/profile_reconstruction.py --preset {args.preset} --batch {args.batch}` on "
             f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch "
@@ -518,8 +519,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     text += ["## What bounds throughput at large batches", "",
              f"What the 40% target asks: a large batch runs as one group per core ({args.large_group * threads} "
-             f"images as {threads} groups of {args.large_group}); measured on one such group alone, medians of 3 "
-             "rounds (steps as the difference of a 6-step and a 1-step run).", "",
+             f"images as {threads} groups of {args.large_group}); measured on one such group alone, medians of "
+             f"{large_rounds} rounds (steps as the difference of a {large_steps + 1}-step and a 1-step run).", "",
              *throughput_section(large, args.large_group, threads), ""]
     text += ["## Reading", "", *reading(single, batched, args.batch, floor, operators), ""]
     args.output.parent.mkdir(parents=True, exist_ok=True)
