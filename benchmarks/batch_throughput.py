@@ -7,10 +7,11 @@ Usage::
 
 Inputs: CIFAR-10 test images from ``../shared/data/cifar10-jpg.tar.gz`` when present (else samples of the prior),
 colorized with ``--degrade`` (so PSNR is measured too). Every configuration restores the same images into a
-fresh folder; the outputs are checked to be identical across configurations. Each worker runs torch on one
-thread, so "1 worker" is one core, except in one configuration: one worker with a thread per core, whose
-batched engine splits each batch across them (what `dgp batch --batch-size N` does); the last one runs the
-same groups of images in one worker process per core instead. The wall time of a run
+fresh folder; the outputs are compared with the first configuration's. Each worker runs torch on one
+thread, so "1 worker" is one core, except in two configurations with one worker and a thread per core: one
+image at a time (what `dgp batch` does by default; the report gives every configuration that uses all cores
+against it) and the batched engine splitting each batch across the threads (what `dgp batch --batch-size N`
+does); the last one runs the same groups of images in one worker process per core instead. The wall time of a run
 includes starting its workers (processes or Ray actors); starting the local Ray instance itself is timed apart.
 """
 
@@ -121,10 +122,13 @@ def main() -> None:
         except ImportError:
             print("ray not installed: skipping the Ray configuration", file=sys.stderr)
 
+    cores = os.cpu_count() or 1
+    if cores > 1:  # `dgp batch`'s default: one worker, one image at a time, torch on every core
+        configs.append((f"local, 1 worker on {cores} threads, one image at a time (`dgp batch`'s default)",
+                        make_backend(1), 1, 1, cores))
     if args.batch_size > 1:
         configs.append((f"local, 1 worker, batched engine (`--batch-size {args.batch_size}`)", make_backend(1), 1,
                         args.batch_size, 1))
-        cores = os.cpu_count() or 1
         if cores > 1:  # what `dgp batch --batch-size N` does by default: the driver's threads on every core
             configs.append((f"local, 1 worker on {cores} threads, batched engine (`--batch-size {args.batch_size}`)",
                             make_backend(1), 1, args.batch_size, cores))
@@ -162,7 +166,7 @@ def main() -> None:
         # Steady rate: images after the first round of workers, over the time they took.
         k = workers * batch_size
         steady = 60.0 * (len(times) - k) / (times[-1] - times[k - 1]) if len(times) > k else float("nan")
-        results.append({"label": label, "ok": summary.ok, "seconds": summary.seconds,
+        results.append({"label": label, "cores": workers * threads, "ok": summary.ok, "seconds": summary.seconds,
                         "ipm": summary.images_per_minute, "steady": steady,
                         "restore": statistics.mean(restore_s) if restore_s else float("nan"),
                         "psnr": summary.metrics.get("psnr", float("nan")), "same": same})
@@ -205,6 +209,15 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
     for r in results:
         lines.append(f"| {r['label']} | {r['ok']} | {r['seconds']:.1f} | {r['ipm']:.2f} | {r['ipm'] / base:.2f}x | "
                      f"{r['steady']:.2f} | {r['restore']:.1f} | {r['psnr']:.2f} | {r['same']} |")
+    default = next((r for r in results if "`dgp batch`'s default" in r["label"]), None)
+    if default is not None:
+        faster = [f"{r['label']}: {r['ipm'] / default['ipm']:.2f}x" for r in results
+                  if r is not default and r["cores"] >= default["cores"]]
+        lines += [
+            "",
+            f"Against `dgp batch`'s default (one image at a time on all {os.cpu_count()} cores, "
+            f"{default['seconds']:.1f} s), the configurations that use every core: " + "; ".join(faster) + ".",
+        ]
     lines += [
         "",
         "Wall time counts from the start of the run to its last manifest row, so it includes starting the "

@@ -267,7 +267,24 @@ def test_worker_processes_match_and_survive_a_killed_worker(tmp_path: Path, prio
     assert sorted(r["name"] for r in rows) == sorted(p.name for p in data.iterdir())
     assert {r["name"]: r["attempt"] for r in rows}["img05.png"] == 2
     assert len({r["worker"] for r in rows}) >= 2
+    assert {r["threads"] for r in rows} == {1}  # the test's one thread, shared out between 2 workers
     assert_same_run(local, tmp_path / "out")
+
+
+def test_threads_per_worker_are_set_recorded_and_leave_the_caller_as_it_was(tmp_path: Path, prior: Prior) -> None:
+    data = tmp_path / "data"
+    make_images(data, 2)
+    before = torch.get_num_threads()
+    run_batch(list_inputs(data), tmp_path / "driver", settings(), prior, backend=make_backend(threads=2))
+    assert torch.get_num_threads() == before
+    assert {r["threads"] for r in manifest_lines(tmp_path / "driver")} == {2}
+    run_batch(list_inputs(data), tmp_path / "workers", settings(), prior, backend=make_backend(workers=2, threads=2))
+    assert {r["threads"] for r in manifest_lines(tmp_path / "workers")} == {2}
+    assert_same_run(tmp_path / "driver", tmp_path / "workers")  # the same threads per worker: the same results
+    run_batch(list_inputs(data), tmp_path / "default", settings(), prior)
+    assert {r["threads"] for r in manifest_lines(tmp_path / "default")} == {before}
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        make_backend(threads=0)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -323,6 +340,9 @@ def test_cli_ray_flag_and_errors(tmp_path: Path, prior_folder: Path, monkeypatch
     assert "pip install 'dgp[distributed]'" in str(result.exception)
     result = CliRunner().invoke(app, ["batch", str(data), "--task", "restore", "-o", str(tmp_path / "o")])
     assert isinstance(result.exception, ValueError) and "needs --degradation" in str(result.exception)
+    result = CliRunner().invoke(app, ["batch", str(data), "--task", "colorize", "-o", str(tmp_path / "o"),
+                                      "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output and not (tmp_path / "o").exists()
 
 
 # -------------------------------------------------------------------------------------------------- Ray
@@ -347,6 +367,7 @@ def test_ray_run_matches_local_run(ray_session, tmp_path: Path, prior: Prior, do
     assert (summary.ok, summary.failed, summary.retried) == (12, 0, 0)
     assert_same_run(local, tmp_path / "ray")
     assert len({r["worker"] for r in manifest_lines(tmp_path / "ray")}) == 2
+    assert {r["threads"] for r in manifest_lines(tmp_path / "ray")} == {1}
 
 
 def test_ray_worker_that_dies_mid_task_is_retried(ray_session, tmp_path: Path, prior: Prior,

@@ -39,6 +39,7 @@ class Row:
         attempt: how many times this image has been tried, over all runs and retries.
         worker: which worker restored it (``host:pid``).
         batch: images restored together with it by the batched engine (1: on its own).
+        threads: torch's intra-op threads in its worker (float rounding, so the result, depends on it).
         finished: UTC time the row was written (ISO 8601).
     """
 
@@ -54,6 +55,7 @@ class Row:
     attempt: int = 1
     worker: str | None = None
     batch: int = 1
+    threads: int | None = None
     finished: str = ""
 
     def to_json(self) -> str:

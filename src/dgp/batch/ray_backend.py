@@ -91,12 +91,14 @@ class RayBackend:
         actors: number of actors (``None``: one per CPU, or per GPU for a CUDA device, of the cluster; never more
             than the cluster has).
         device: where the actors restore; ``"cuda"`` gives each actor one GPU.
-        num_cpus: CPUs of a local instance (default: ``actors``, else all of this machine's).
+        num_cpus: CPUs of a local instance (default: ``actors`` times ``threads``, else all of this machine's).
+        threads: torch threads of each actor, which reserves as many of the cluster's CPUs.
         kill_once: the ``DGP_TEST_KILL_ONCE`` test hook, handed to the actors.
     """
 
     def __init__(self, prior: Prior, schedule: Schedule, *, address: str | None = None, actors: int | None = None,
-                 device: str = "cpu", num_cpus: int | None = None, kill_once: str | None = None) -> None:
+                 device: str = "cpu", num_cpus: int | None = None, threads: int = 1,
+                 kill_once: str | None = None) -> None:
         ray = import_ray()
         self.ray = ray
         self.owns_session = False
@@ -105,7 +107,8 @@ class RayBackend:
                                        "logging_level": logging.ERROR}
             try:
                 if address is None:
-                    ray.init(address="local", num_cpus=num_cpus or actors or os.cpu_count() or 1, **options)
+                    ray.init(address="local", num_cpus=num_cpus or (actors or 0) * threads or os.cpu_count() or 1,
+                             **options)
                 else:
                     ray.init(address=address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -117,7 +120,7 @@ class RayBackend:
             self.owns_session = True
         self.actors: list[Any] = []
         try:
-            self._start_actors(prior, schedule, actors, device, kill_once)
+            self._start_actors(prior, schedule, actors, device, threads, kill_once)
         except BaseException:
             self.close()
             raise
@@ -126,7 +129,7 @@ class RayBackend:
         self.recovering: dict[Any, Any] = {}  # ready() ref -> actor that lost a task
         self.backlog: list[list[WorkItem]] = []
 
-    def _start_actors(self, prior: Prior, schedule: Schedule, actors: int | None, device: str,
+    def _start_actors(self, prior: Prior, schedule: Schedule, actors: int | None, device: str, threads: int,
                       kill_once: str | None) -> None:
         ray = self.ray
         gpu = torch.device(device).type == "cuda"
@@ -134,11 +137,15 @@ class RayBackend:
         capacity = int(ray.cluster_resources().get(unit, 0))
         if capacity < 1:
             raise BatchError(f"the Ray cluster has no {unit}; start nodes with `ray start` (see the README)")
-        count = min(actors or capacity, capacity)
-        actor_class = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=-1,
+        cpus = 1 if gpu else threads  # the CPUs each actor reserves
+        if capacity < cpus:
+            raise BatchError(f"the Ray cluster has {capacity} CPUs, fewer than the {threads} threads asked for "
+                             "each worker")
+        count = min(actors or capacity // cpus, capacity // cpus)
+        actor_class = ray.remote(num_cpus=cpus, num_gpus=1 if gpu else 0, max_restarts=-1,
                                  max_task_retries=0)(RayWorker)
         self.prior_ref = ray.put(prior)  # kept alive for the actors' restarts
-        self.actors = [actor_class.remote(schedule, device, 1, kill_once) for _ in range(count)]
+        self.actors = [actor_class.remote(schedule, device, threads, kill_once) for _ in range(count)]
         try:
             ray.get([actor.ready.remote([self.prior_ref]) for actor in self.actors])
         except ray.exceptions.RayError as exc:

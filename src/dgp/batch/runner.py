@@ -174,6 +174,7 @@ class WorkResult:
             failure that a retry would repeat (an unusable input, a loss that became NaN).
         worker: ``host:pid`` of the worker.
         batch: images restored together with this one by the batched engine (1: on its own).
+        threads: torch's intra-op threads in the worker (float rounding, so the result, depends on it).
     """
 
     name: str
@@ -185,6 +186,7 @@ class WorkResult:
     retryable: bool = False
     worker: str | None = None
     batch: int = 1
+    threads: int | None = None
 
 
 def worker_label() -> str:
@@ -244,14 +246,16 @@ class Restorer:
             r = restore(self.prior, item.degradation, self.schedule, observation=item.observation,
                         reference=item.reference, seed=item.seed)
         except (ValueError, ReconstructionError) as exc:
-            return WorkResult(item.name, error=_one_line(exc), retryable=False, worker=self.label)
+            return WorkResult(item.name, error=_one_line(exc), retryable=False, worker=self.label,
+                              threads=torch.get_num_threads())
         except Exception as exc:  # noqa: BLE001 - anything else may be transient (memory, a device): retry
             return WorkResult(item.name, error=f"{type(exc).__name__}: {_one_line(exc)}", retryable=True,
-                              worker=self.label)
+                              worker=self.label, threads=torch.get_num_threads())
         timings = {k: round(v, 4) for k, v in r.result.timings.items()}
         timings["restore"] = round(time.perf_counter() - start, 4)
         return WorkResult(item.name, output=r.output.detach().cpu(), class_id=r.result.class_id,
-                          metrics=dict(r.metrics), timings=timings, worker=self.label)
+                          metrics=dict(r.metrics), timings=timings, worker=self.label,
+                          threads=torch.get_num_threads())
 
     def _batch(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         start = time.perf_counter()
@@ -265,7 +269,8 @@ class Restorer:
             timings = {k: round(v, 4) for k, v in result.timings.items()}
             timings["restore"] = round(seconds / len(items), 4)  # this image's share of the batch
             out.append(WorkResult(item.name, output=output.detach().cpu(), class_id=result.class_id,
-                                  metrics=metrics, timings=timings, worker=self.label, batch=len(items)))
+                                  metrics=metrics, timings=timings, worker=self.label, batch=len(items),
+                                  threads=torch.get_num_threads()))
         return out
 
 
@@ -296,8 +301,9 @@ class InProcessBackend:
 
     slots = 1
 
-    def __init__(self, prior: Prior, schedule: Schedule, device: str = "cpu") -> None:
+    def __init__(self, prior: Prior, schedule: Schedule, device: str = "cpu", threads: int | None = None) -> None:
         self.restorer = Restorer(prior, schedule, device)
+        self.threads = threads
         self.queue: list[list[WorkItem]] = []
 
     def submit(self, chunk: list[WorkItem]) -> None:
@@ -305,7 +311,13 @@ class InProcessBackend:
 
     def wait(self) -> list[Done]:
         chunk = self.queue.pop(0)
-        return [list(zip(chunk, self.restorer(chunk)))]
+        previous = torch.get_num_threads()
+        if self.threads is not None:  # for this restoration only: the driver's setting is the caller's
+            torch.set_num_threads(self.threads)
+        try:
+            return [list(zip(chunk, self.restorer(chunk)))]
+        finally:
+            torch.set_num_threads(previous)
 
     def close(self) -> None:
         self.queue.clear()
@@ -599,7 +611,8 @@ BackendFactory = Callable[[Prior, Schedule], Backend]
 
 
 def make_backend(workers: int = 1, ray_address: str | None = None, *, use_ray: bool = False, device: str = "cpu",
-                 num_cpus: int | None = None, kill_once: str | None = None) -> BackendFactory:
+                 num_cpus: int | None = None, threads: int | None = None,
+                 kill_once: str | None = None) -> BackendFactory:
     """A factory for the backend that ``--workers`` and ``--ray`` ask for.
 
     Args:
@@ -609,21 +622,27 @@ def make_backend(workers: int = 1, ray_address: str | None = None, *, use_ray: b
         use_ray: run on Ray.
         device: where workers restore.
         num_cpus: CPUs of a local Ray instance (default: ``workers``, else all).
+        threads: torch threads of each worker (default: this process's threads in the driver, shared out
+            among local worker processes, 1 for Ray actors). Results are the same for the same threads per
+            worker whatever the number of workers; another thread count can change them slightly (float
+            rounding), which the optimisation amplifies.
         kill_once: the :data:`KILL_ONCE_ENV` test hook.
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     if use_ray:
         def ray_factory(prior: Prior, schedule: Schedule) -> Backend:
             from dgp.batch.ray_backend import RayBackend
 
             return RayBackend(prior, schedule, address=ray_address, actors=workers or None, device=device,
-                              num_cpus=num_cpus, kill_once=kill_once)
+                              num_cpus=num_cpus, threads=threads or 1, kill_once=kill_once)
 
         return ray_factory
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if workers == 1:
-        return lambda prior, schedule: InProcessBackend(prior, schedule, device)
-    return lambda prior, schedule: ProcessBackend(prior, schedule, workers, device, kill_once=kill_once)
+        return lambda prior, schedule: InProcessBackend(prior, schedule, device, threads)
+    return lambda prior, schedule: ProcessBackend(prior, schedule, workers, device, threads, kill_once=kill_once)
 
 
 def run_batch(inputs: Sequence[BatchInput], output: str | Path, settings: BatchSettings, prior: Prior, *,
@@ -758,7 +777,8 @@ def _finish(out: Path, item: BatchInput, work: WorkItem, result: WorkResult, att
     """Write a finished image's output (atomically) and make its manifest row."""
     timings = {"load": round(work.load_seconds, 4), **result.timings}
     row = Row(item.name, "failed", str(item.path), seed=work.seed, class_id=result.class_id, timings=timings,
-              error=result.error, attempt=attempt, worker=result.worker, batch=result.batch)
+              error=result.error, attempt=attempt, worker=result.worker, batch=result.batch,
+              threads=result.threads)
     if result.error is not None or result.output is None:
         row.error = row.error or "the worker returned no image"
         return row
