@@ -192,7 +192,7 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
     Each round also measures the conv peak (appended to ``peaks``), so that every batch size's fraction of
     the peak is also taken against the peak of its own round, seconds apart (``fraction_of_peak_by_round``).
     """
-    row: dict = {"prior": prior.name, "resolution": prior.resolution, "repeats": repeats}
+    row: dict = {"prior": prior.name, "resolution": prior.resolution, "repeats": repeats, "iterations": iterations}
     singles: list[float] = []
     references: list[float] = []
     runs: dict[int, list[float]] = {b: [] for b in batches}
@@ -255,6 +255,12 @@ def targets(row: dict, peak: float) -> list[str]:
                      f"{', '.join(f'{100 * f:.1f}%' for f in by_round)}) | {'yes' if paired >= 0.4 else 'no'} |")
     lines.append(f"| lean path faster than the naive loop | {row['speedup']:.2f}x | "
                  f"{'yes' if row['speedup'] > 1 else 'no'} |")
+    if 16 in ips and 1 in ips:
+        lines += ["", f"Each throughput counts a reconstruction's set-up (copies of G, recordings, target features, "
+                  f"results) in its {row['iterations']} iterations, which favours the batch, whose set-up is shared "
+                  "by its images; a preset runs 250-350 iterations. The ratio of a step alone, set-up excluded, is "
+                  "in [profile.md](profile.md) (part 3); whole colorizations of 16 images, batched and one at a "
+                  "time, in [batch-performance.md](batch-performance.md)."]
     if 1 in ips:
         single = row["batched_gflops"][1] / peak
         lines += ["", f"The batch speed-up has a ceiling: one image at a time already runs at {100 * single:.1f}% of "
