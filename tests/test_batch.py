@@ -370,6 +370,17 @@ def test_ray_run_matches_local_run(ray_session, tmp_path: Path, prior: Prior, do
     assert {r["threads"] for r in manifest_lines(tmp_path / "ray")} == {1}
 
 
+def test_ray_actors_take_the_threads_asked_for(ray_session, tmp_path: Path, prior: Prior) -> None:
+    data = tmp_path / "data"
+    make_images(data, 2)
+    run_batch(list_inputs(data), tmp_path / "ray", settings(), prior, backend=make_backend(0, use_ray=True, threads=2))
+    rows = manifest_lines(tmp_path / "ray")  # one actor per 2 of the session's 2 CPUs: one
+    assert {r["threads"] for r in rows} == {2} and len({r["worker"] for r in rows}) == 1
+    with pytest.raises(BatchError, match="fewer than the 3 threads"):
+        run_batch(list_inputs(data), tmp_path / "too-many", settings(), prior,
+                  backend=make_backend(use_ray=True, threads=3))
+
+
 def test_ray_worker_that_dies_mid_task_is_retried(ray_session, tmp_path: Path, prior: Prior,
                                                    dozen: tuple[Path, Path]) -> None:
     data, local = dozen
