@@ -223,6 +223,23 @@ def test_search_keeps_the_candidate_with_the_lowest_score(tiny_prior: Prior, cla
         assert c == class_id
 
 
+def test_search_batches_are_equal_and_bounded_by_pixels() -> None:
+    from dgp.reconstruct import CPU_SEARCH_BATCH_PIXELS, SEARCH_BATCH_PIXELS, _search_batch_size
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for n in (1, 2, 99, 128, 129, 200, 500, 1000):
+        for resolution, device, pixels in ((32, cpu, CPU_SEARCH_BATCH_PIXELS), (128, cpu, CPU_SEARCH_BATCH_PIXELS),
+                                           (32, gpu, SEARCH_BATCH_PIXELS), (256, gpu, SEARCH_BATCH_PIXELS)):
+            size = _search_batch_size(n, resolution, device)
+            cap = pixels // resolution**2
+            assert 1 <= size <= max(cap, 1)
+            batches = [min(size, n - start) for start in range(0, n, size)]
+            assert len(batches) == -(-n // cap), (n, resolution, batches)  # as few as the budget allows
+            assert max(batches) - min(batches) < len(batches), (n, resolution, batches)  # and about even
+    assert _search_batch_size(200, 32, cpu) == 100  # two batches of 100, not 128 and 72
+    assert _search_batch_size(5, 1024, cpu) == 1  # images larger than the budget: one at a time
+
+
 # ------------------------------------------------------------------------------------ progressive tuning
 
 
