@@ -223,7 +223,7 @@ def test_search_keeps_the_candidate_with_the_lowest_score(tiny_prior: Prior, cla
         assert c == class_id
 
 
-def test_search_batches_are_equal_and_bounded_by_pixels() -> None:
+def test_search_batches_are_few_even_and_within_the_pixel_budget() -> None:
     from dgp.reconstruct import CPU_SEARCH_BATCH_PIXELS, SEARCH_BATCH_PIXELS, _search_batch_size
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
