@@ -233,12 +233,17 @@ class Restorer:
     def __call__(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         for item in items:
             self._maybe_die(item.name)
+        results = None
         if len(items) > 1:
             try:
-                return self._batch(items)
+                results = self._batch(items)
             except Exception:  # noqa: BLE001 - retried one at a time, where each image meets its own fate
                 pass
-        return [self._one(item) for item in items]
+        if results is None:
+            results = [self._one(item) for item in items]
+        for result in results:
+            result.threads = torch.get_num_threads()
+        return results
 
     def _one(self, item: WorkItem) -> WorkResult:
         start = time.perf_counter()
@@ -246,16 +251,14 @@ class Restorer:
             r = restore(self.prior, item.degradation, self.schedule, observation=item.observation,
                         reference=item.reference, seed=item.seed)
         except (ValueError, ReconstructionError) as exc:
-            return WorkResult(item.name, error=_one_line(exc), retryable=False, worker=self.label,
-                              threads=torch.get_num_threads())
+            return WorkResult(item.name, error=_one_line(exc), retryable=False, worker=self.label)
         except Exception as exc:  # noqa: BLE001 - anything else may be transient (memory, a device): retry
             return WorkResult(item.name, error=f"{type(exc).__name__}: {_one_line(exc)}", retryable=True,
-                              worker=self.label, threads=torch.get_num_threads())
+                              worker=self.label)
         timings = {k: round(v, 4) for k, v in r.result.timings.items()}
         timings["restore"] = round(time.perf_counter() - start, 4)
         return WorkResult(item.name, output=r.output.detach().cpu(), class_id=r.result.class_id,
-                          metrics=dict(r.metrics), timings=timings, worker=self.label,
-                          threads=torch.get_num_threads())
+                          metrics=dict(r.metrics), timings=timings, worker=self.label)
 
     def _batch(self, items: Sequence[WorkItem]) -> list[WorkResult]:
         start = time.perf_counter()
@@ -269,8 +272,7 @@ class Restorer:
             timings = {k: round(v, 4) for k, v in result.timings.items()}
             timings["restore"] = round(seconds / len(items), 4)  # this image's share of the batch
             out.append(WorkResult(item.name, output=output.detach().cpu(), class_id=result.class_id,
-                                  metrics=metrics, timings=timings, worker=self.label, batch=len(items),
-                                  threads=torch.get_num_threads()))
+                                  metrics=metrics, timings=timings, worker=self.label, batch=len(items)))
         return out
 
 
