@@ -54,21 +54,24 @@ def test_stacked_forward_equals_each_generator_alone(which, use_in, products, sp
     buffers = {f"blocks.{i}.0.{norm}.{b}": torch.ones(B, G.blocks[i][0].conv1.in_channels if norm == "in1"
                                                       else G.blocks[i][0].conv1.out_channels, dtype=torch.float64)
                for i in range(len(G.blocks)) for norm in ("in1", "in2") for b in ("weight", "bias")}
-    z = torch.randn(B, G.dim_z, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(B, G.dim_z, dtype=torch.float64, generator=torch.Generator().manual_seed(2), requires_grad=True)
     ids = torch.tensor([0, 2, 1])
     G.reset_instance_norm()
     tensors = {**stacked, **buffers}
     ours = stacked_generator_forward(StackedLayout(G, tensors, B), tensors, z, ids, use_in)
     grad_out = torch.randn_like(ours)
-    grads = torch.autograd.grad(ours, list(stacked.values()), grad_out, allow_unused=True)
+    *grads, grad_z = torch.autograd.grad(ours, [*stacked.values(), z], grad_out, allow_unused=True)
     for i in range(B):
         one = _alone(G, stacked, i)
         one.reset_instance_norm()
         table = one.shared.weight
-        theirs = one(z[i:i + 1], table[ids[i:i + 1]], use_in=use_in)
+        z_i = z[i:i + 1].detach().requires_grad_(True)
+        theirs = one(z_i, table[ids[i:i + 1]], use_in=use_in)
         torch.testing.assert_close(ours[i:i + 1], theirs, rtol=1e-10, atol=1e-10)
         params = dict(one.named_parameters())
-        expected = torch.autograd.grad(theirs, [params[n] for n in stacked], grad_out[i:i + 1], allow_unused=True)
+        *expected, expected_z = torch.autograd.grad(theirs, [*(params[n] for n in stacked), z_i], grad_out[i:i + 1],
+                                                    allow_unused=True)
+        torch.testing.assert_close(grad_z[i:i + 1], expected_z, rtol=1e-9, atol=1e-10)
         for name, a, b in zip(stacked, grads, expected):
             assert (a is None) == (b is None), name  # with instance norm, the CBN weights are not used
             if a is not None:
@@ -90,7 +93,7 @@ def test_large_batches_normalise_spectral_norms_layer_by_layer():
     G = _generator()
     names = [n for n, _ in G.named_parameters() if n.startswith("blocks.")]
     few = StackedLayout(G, names, batch=B)
-    assert few.spectral_norm_groups  # the tiny prior's same-shaped linear layers share a power iteration
+    assert few.spectral_norm_groups  # the tiny prior's same-shaped convolutions share a power iteration
     largest = max(m.weight.numel() for group in few.spectral_norm_groups for _, m in group)
     many = StackedLayout(G, names, batch=stacked_module.STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL // largest + 1)
     assert all(m.weight.numel() < largest for group in many.spectral_norm_groups for _, m in group)

@@ -35,7 +35,6 @@ from dgp.priors.layers import (
     add_upsampled_2x,
     eval_inverse_sigma,
     upsample_nearest_2x,
-    weight_times_row,
 )
 
 
@@ -86,13 +85,30 @@ def _per_image(v: Tensor, dims: int) -> Tensor:
     return v.reshape(*v.shape, *([1] * dims))
 
 
+# Per-image linear layers (the conditional batch norms' and the first one) compute their spectral norm inside
+# their own product (below) instead of in a shared power iteration: fewer passes over their weights forward and
+# backward. A step got 3.2% faster for a group of 8 images and 3.4% for 32 (one thread, 6 alternating rounds in
+# one process, 1.02-1.06 and 1.01-1.06 a round); same-shaped layers stacked into one such product gained
+# nothing more (1.000x for 8, 1.006x for 16).
+def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
+    """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, inputs ``x`` ``(N, in)`` and ``u``
+    ``(1, out)`` or ``(N, 1, out)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
+    (:func:`~dgp.priors.layers.eval_inverse_sigma`, ``|a W^T| / |a|`` with ``a = u W`` held constant), its
+    product ``a W^T`` and the layer's ``x W^T`` as one product with two columns, so that the weights are read
+    once for both and their gradient is written in one product."""
+    a = u @ w.detach()  # (N, 1, in)
+    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+    both = torch.bmm(w, torch.cat([a, x.unsqueeze(1)], dim=1).transpose(1, 2))  # (N, out, 2)
+    return both[..., 1] * (a_norm / torch.linalg.vector_norm(both[..., 0], dim=-1)).unsqueeze(1)
+
+
 def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     """``(B, in) -> (B, out)`` through a spectral-norm linear layer."""
     w = weights.stacked(layer, "weight")
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    out = weight_times_row(w, x.unsqueeze(1)) * weights.inverse_sigma(layer).unsqueeze(1)
+    out = _normalized_rows(w, layer.u0, layer.sn_eps, x)
     return out if bias is None else out + bias
 
 
@@ -232,8 +248,9 @@ def _output_layer(weights: _Weights, G: Generator, h: Tensor) -> Tensor:
 
 class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
-    weights share a batched power iteration (same-shaped small ones, as
-    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator).
+    convolution weights share a batched power iteration (same-shaped small ones, as
+    :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator; linear layers normalise in
+    their own product, :func:`_normalized_rows`).
 
     Args:
         G: the generator.
@@ -247,7 +264,7 @@ class StackedLayout:
         self.names = {id(m): name for name, m in G.named_modules()}
         by_shape: dict[tuple, list[tuple[str, SpectralNorm]]] = {}
         for name, m in G.named_modules():
-            if (isinstance(m, SpectralNorm) and f"{name}.weight" in stacked
+            if (isinstance(m, SpectralNorm) and not isinstance(m, SNLinear) and f"{name}.weight" in stacked
                     and m.weight.numel() <= GROUPED_SPECTRAL_NORM_MAX_NUMEL
                     and batch * m.weight.numel() <= STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL):
                 by_shape.setdefault((tuple(m.weight.shape), m.sn_eps), []).append((name, m))
