@@ -87,9 +87,9 @@ def _per_image(v: Tensor, dims: int) -> Tensor:
 
 # Per-image linear layers (the conditional batch norms' and the first one) compute their spectral norm inside
 # their own product (below) instead of in a shared power iteration: fewer passes over their weights forward and
-# backward. A step got 3.2% faster for a group of 8 images and 3.4% for 32 (one thread, 6 alternating rounds in
-# one process, 1.02-1.06 and 1.01-1.06 a round); same-shaped layers stacked into one such product gained
-# nothing more (1.000x for 8, 1.006x for 16).
+# backward. Alternating rounds in one process: a step 1.9% and 3.2% faster for a group of 8 images on one thread
+# (10 and 6 rounds), 1.3% and 3.4% for 32 (6 and 6), 1.4% and 2.2% for 16 images through the engine, -0.2% and
+# 2.3% for 64; same-shaped layers stacked into one such product gained nothing more (1.000x for 8, 1.006x for 16).
 def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
     """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, inputs ``x`` ``(N, in)`` and ``u``
     ``(1, out)`` or ``(N, 1, out)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
