@@ -91,8 +91,8 @@ def _per_image(v: Tensor, dims: int) -> Tensor:
 # (10 and 6 rounds), 1.3% and 3.4% for 32 (6 and 6), 1.4% and 2.2% for 16 images through the engine, -0.2% and
 # 2.3% for 64; same-shaped layers stacked into one such product gained nothing more (1.000x for 8, 1.006x for 16).
 def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
-    """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, inputs ``x`` ``(N, in)`` and ``u``
-    ``(1, out)`` or ``(N, 1, out)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
+    """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, inputs ``x`` ``(N, in)`` and the layer's
+    ``u`` ``(1, out)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
     (:func:`~dgp.priors.layers.eval_inverse_sigma`, ``|a W^T| / |a|`` with ``a = u W`` held constant), its
     product ``a W^T`` and the layer's ``x W^T`` as one product with two columns, so that the weights are read
     once for both and their gradient is written in one product."""
