@@ -14,12 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dgp.batch import BatchError, BatchSettings, Manifest, Row, image_seed, list_inputs, make_backend, run_batch
 from dgp.batch.runner import OUTPUTS_FOLDER
 from dgp.imageio import load_rgb, save_image
+from dgp.pipeline import load_inputs, restore
 from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
 from dgp.priors.checkpoint import save_prior
 from dgp.priors.registry import Prior, load_prior
@@ -67,8 +69,6 @@ def settings(**kw) -> BatchSettings:
 
 def outputs(folder: Path) -> dict[str, torch.Tensor]:
     """Restored images of an output folder, as uint8 tensors by file name."""
-    import numpy as np
-
     return {p.name: torch.from_numpy(np.asarray(load_rgb(p)).copy())
             for p in sorted((folder / OUTPUTS_FOLDER).glob("*.png"))}
 
@@ -228,6 +228,24 @@ def test_results_do_not_depend_on_order_or_references(tmp_path: Path, prior: Pri
     assert outputs(tmp_path / "d").keys() == outputs(tmp_path / "a").keys()
     with pytest.raises(BatchError, match="no reference"):
         run_batch(inputs, tmp_path / "e", settings(degrade=False), prior, references=tmp_path / "c")
+
+
+def test_every_latent_search_draws_from_the_run_seed(tmp_path: Path, prior: Prior) -> None:
+    data = tmp_path / "data"
+    names = make_images(data, 2)
+    run = settings(degrade=False, seed=5).resolved(prior)
+    run_batch(list_inputs(data), tmp_path / "out", run, prior)
+    restored = outputs(tmp_path / "out")
+    degradation, schedule = run.degradation_for(prior, 0), run.schedule(prior)
+    for name in names:
+        observation, _ = load_inputs(prior, degradation, data / name)
+        alone = {}
+        for seed in (5, image_seed(5, name)):  # the run's seed, and the image's own (its degradation's draws)
+            save_image(restore(prior, degradation, schedule, observation=observation, seed=seed).output,
+                       tmp_path / f"{seed}.png")
+            alone[seed] = torch.from_numpy(np.asarray(load_rgb(tmp_path / f"{seed}.png")).copy())
+        assert torch.equal(restored[name], alone[5])
+        assert not torch.equal(restored[name], alone[image_seed(5, name)])  # the seed does change the result
 
 
 def test_batched_engine_restores_groups(tmp_path: Path, prior: Prior) -> None:

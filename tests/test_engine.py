@@ -20,7 +20,8 @@ from dgp.metrics import psnr
 from dgp.objective import Objective, feature_distance
 from dgp.pipeline import TASKS, default_schedule, is_colorization, preset_for, restore
 from dgp.priors.registry import Prior
-from dgp.reconstruct import DGPReconstructor, ReconstructionError, Result, StepEvent, draw_candidates, search_latent
+from dgp.reconstruct import (DGPReconstructor, ReconstructionError, Result, StepEvent, draw_candidates, search_latent,
+                             search_latents)
 from dgp.schedule import PRESETS, Schedule, Stage, get_preset
 
 SIZE = (32, 32)
@@ -221,6 +222,45 @@ def test_search_keeps_the_candidate_with_the_lowest_score(tiny_prior: Prior, cla
         assert len(set(y_all.tolist())) > 1 and 0 <= c < tiny_prior.n_classes  # classes are drawn too
     else:
         assert c == class_id
+
+
+@pytest.mark.parametrize("n_candidates", [8, 0])
+def test_images_with_the_same_draws_share_one_search(tiny_prior: Prior, monkeypatch: pytest.MonkeyPatch,
+                                                     n_candidates: int) -> None:
+    gray, down = parse_degradation("gray"), parse_degradation("down2")
+    size = tiny_prior.resolution
+    cleans = [prior_image(tiny_prior, i % 3, seed=20 + i)[1] for i in range(6)]
+    # images 0, 1 and 4 draw alike (seed 9, class unknown), 1 through another gray operator and 4 through a
+    # downsampling; 2 has its own seed, 3 seed 9 but a known class; 5 reuses image 0's generator, which draws on
+    one = torch.Generator().manual_seed(9)
+    generators = [one, torch.Generator().manual_seed(9), torch.Generator().manual_seed(2),
+                  torch.Generator().manual_seed(9), torch.Generator().manual_seed(9), one]
+    classes = [None, None, None, 1, None, None]
+    degradations = [gray, parse_degradation("gray"), gray, gray, down, gray]
+    objectives = [Objective(tiny_prior.D, d.lift(d.observe(c), (size, size))) for d, c in zip(degradations, cleans)]
+    sched = schedule(Stage(0, 0.0, 0.0), n_candidates=n_candidates, sample_std=0.5)
+    alone = []
+    for i in range(6):
+        g = torch.Generator().manual_seed(9 if i != 2 else 2)
+        if i == 5:  # a second search from image 0's generator
+            search_latent(tiny_prior, objectives[0], gray, sched, None, g, batch_size=3)
+        alone.append((search_latent(tiny_prior, objectives[i], degradations[i], sched, classes[i], g, batch_size=3),
+                      g.get_state()))
+    renders = []
+    forward = type(tiny_prior.G).forward
+    monkeypatch.setattr(type(tiny_prior.G), "forward", lambda G, *a, **k: renders.append(1) or forward(G, *a, **k))
+    together = search_latents(tiny_prior, objectives, degradations, sched, classes, generators, batch_size=3)
+    for (z, c), ((z_alone, c_alone), state) in zip(together, alone):
+        assert torch.equal(z, z_alone) and c == c_alone
+    for g, (_, state) in zip(generators[1:5], alone[1:5]):
+        assert torch.equal(g.get_state(), state)  # moved on as its own search would have moved it
+    assert torch.equal(one.get_state(), alone[5][1])
+    # draws to score: {0, 1, 4}, {2}, {3}, {5} for 8 candidates in batches of 3, 3 and 2; with 0 candidates
+    # nothing moves the generators, so {0, 1, 4, 5} and {2} score the 3 classes for z = 0 in one batch, and 3,
+    # with a known class, has nothing to score
+    assert len(renders) == (4 * 3 if n_candidates == 8 else 2)
+    if n_candidates == 8:
+        assert len({tuple(z.flatten().tolist()) for z, _ in together}) > 1  # the draws do differ
 
 
 def test_search_batches_are_few_even_and_within_the_pixel_budget() -> None:

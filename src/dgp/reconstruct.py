@@ -122,45 +122,114 @@ def _search_batch_size(n: int, resolution: int, device: torch.device) -> int:
     return max(1, math.ceil(n / math.ceil(max(n, 1) / max(1, pixels // resolution**2))))
 
 
-@torch.no_grad()
-def search_latent(prior: Prior, objective: Objective, degradation: Degradation, schedule: Schedule,
-                  class_id: int | None, generator: torch.Generator, batch_size: int | None = None,
-                  callback: Callback | None = None) -> tuple[Tensor, int]:
-    """Pick the starting latent (and class when unknown) by discriminator-feature distance.
+def _same_operator(a: Degradation, b: Degradation) -> bool:
+    """Whether two degradations compute the same function: one object, or modules of the same types with the
+    same scalar settings and equal buffers (a random mask drawn twice from one seed, say)."""
+    if a is b:
+        return True
 
-    Returns ``z`` ``(1, dim_z)`` on the prior's device and the class id. With 0 candidates z = 0, with 1 a single
-    draw from N(0, 1), as in the released code; when the class is unknown in those cases, every class is
-    scored with that z and the best kept.
+    def settings(m: torch.nn.Module) -> dict[str, object]:
+        return {k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float, str, tuple))}
+
+    modules_a, modules_b = list(a.modules()), list(b.modules())
+    if len(modules_a) != len(modules_b) or any(type(x) is not type(y) or settings(x) != settings(y)
+                                               for x, y in zip(modules_a, modules_b)):
+        return False
+    state_a, state_b = a.state_dict(), b.state_dict()
+    return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@dataclass
+class _Candidates:
+    """One draw of latent-search candidates and the images that drew it: ``z`` ``(n, dim_z)`` and classes
+    ``y`` ``(n,)`` to score (none when the class is known and there is a single z), the generator state the
+    draw left behind."""
+
+    z: Tensor
+    y: Tensor | None
+    class_id: int | None
+    state: Tensor
+    images: list[int]
+
+
+def _draw(prior: Prior, schedule: Schedule, class_id: int | None, generator: torch.Generator,
+          image: int) -> _Candidates:
+    """Image ``image``'s candidates, drawn from ``generator`` as :func:`search_latents` describes."""
+    n, dim_z = schedule.n_candidates, prior.G.dim_z
+    if n > 1:
+        z, y = draw_candidates(n, dim_z, schedule.sample_std, prior.n_classes, class_id, generator)
+    else:
+        z = torch.zeros(1, dim_z) if n == 0 else torch.randn(1, dim_z, generator=generator)
+        y = None
+        if class_id is None:  # every class is scored with this z
+            z, y = z.expand(prior.n_classes, -1), torch.arange(prior.n_classes)
+    return _Candidates(z, y, class_id, generator.get_state(), [image])
+
+
+@torch.no_grad()
+def search_latents(prior: Prior, objectives: Sequence[Objective], degradations: Sequence[Degradation],
+                   schedule: Schedule, class_ids: Sequence[int | None], generators: Sequence[torch.Generator],
+                   batch_size: int | None = None, callback: Callback | None = None) -> list[tuple[Tensor, int]]:
+    """Pick each image's starting latent (and class when unknown) by discriminator-feature distance.
+
+    Image ``i`` draws its candidates from ``generators[i]`` (in the order of the images, so that a generator
+    given twice draws on) and is scored against ``objectives[i]``'s target through ``degradations[i]``. With 0
+    candidates z = 0, with 1 a single draw from N(0, 1), as in the released code; when the class is unknown in
+    those cases, every class is scored with that z and the best kept. An image whose generator is in the state
+    of an earlier image's before its draw, with the same class or both unknown, would draw the same candidates:
+    it shares that draw (its generator is moved on as the draw would have moved it), the candidates are
+    rendered once, and seen through D once for each distinct degradation among the images that share them.
+    The picks are those of searching each image alone. ``callback`` hears of the first image's candidates.
+
+    Returns ``(z (1, dim_z) on the prior's device, class id)`` per image.
     """
     G = prior.G
     device = next(G.parameters()).device
     size = (prior.resolution, prior.resolution)
-    count = min(schedule.search_features, objective.num_features)
+    draws: dict[tuple[int | None, bytes], _Candidates] = {}
+    for i, (generator, class_id) in enumerate(zip(generators, class_ids)):
+        key = (class_id, generator.get_state().numpy().tobytes())
+        if key in draws:
+            draws[key].images.append(i)
+            generator.set_state(draws[key].state)
+        else:
+            draws[key] = _draw(prior, schedule, class_id, generator, i)
+    starts: dict[int, tuple[Tensor, int]] = {}
+    for draw in draws.values():
+        if draw.y is None:  # a known class and a single z: nothing to score
+            starts.update({i: (draw.z.to(device), int(draw.class_id)) for i in draw.images})
+            continue
+        views: list[tuple[Degradation, list[int]]] = []  # each distinct degradation, with the images it serves
+        for i in draw.images:
+            view = next((v for v in views if _same_operator(v[0], degradations[i])), None)
+            if view is None:
+                views.append((degradations[i], [i]))
+            else:
+                view[1].append(i)
+        n = len(draw.z)
+        step = batch_size or _search_batch_size(n, prior.resolution, device)
+        losses: dict[int, list[Tensor]] = {i: [] for i in draw.images}
+        for start in range(0, n, step):
+            x = G(draw.z[start:start + step].to(device), G.shared(draw.y[start:start + step].to(device)))
+            for degradation, images in views:
+                features = objectives[images[0]].D(degradation.lift(degradation(x), size))[1]
+                for i in images:
+                    count = min(schedule.search_features, objectives[i].num_features)
+                    losses[i].append(feature_distance(features, objectives[i].target_features, count).cpu())
+            if callback is not None and draw.images[0] == 0 and schedule.n_candidates > 1:
+                callback(StepEvent(-1, len(schedule.stages), min(start + step, n), n, {}, None))
+        for i in draw.images:
+            best = int(torch.cat(losses[i]).argmin())
+            starts[i] = (draw.z[best:best + 1].to(device), int(draw.y[best]))
+    return [starts[i] for i in range(len(generators))]
 
-    def score(z: Tensor, y: Tensor) -> Tensor:
-        x = degradation.lift(degradation(G(z.to(device), G.shared(y.to(device)))), size)
-        return feature_distance(objective.D(x)[1], objective.target_features, count)
 
-    n = schedule.n_candidates
-    if batch_size is None:  # what is scored: the candidates, or every class for a single draw
-        batch_size = _search_batch_size(n if n > 1 else prior.n_classes, prior.resolution, device)
-    if n <= 1:
-        z = torch.zeros(1, G.dim_z) if n == 0 else torch.randn(1, G.dim_z, generator=generator)
-        if class_id is not None:
-            return z.to(device), class_id
-        classes = torch.arange(prior.n_classes)
-        losses = torch.cat([score(z.expand(len(chunk), -1), chunk) for chunk in classes.split(batch_size)])
-        return z.to(device), int(losses.argmin())
-
-    z_all, y_all = draw_candidates(n, G.dim_z, schedule.sample_std, prior.n_classes, class_id, generator)
-    losses = []
-    for start in range(0, n, batch_size):
-        losses.append(score(z_all[start:start + batch_size], y_all[start:start + batch_size]).cpu())
-        if callback is not None:
-            done = min(start + batch_size, n)
-            callback(StepEvent(-1, len(schedule.stages), done, n, {}, None))
-    best = int(torch.cat(losses).argmin())
-    return z_all[best:best + 1].to(device), int(y_all[best])
+def search_latent(prior: Prior, objective: Objective, degradation: Degradation, schedule: Schedule,
+                  class_id: int | None, generator: torch.Generator, batch_size: int | None = None,
+                  callback: Callback | None = None) -> tuple[Tensor, int]:
+    """:func:`search_latents` for one image: ``(z (1, dim_z) on the prior's device, class id)``."""
+    return search_latents(prior, [objective], [degradation], schedule, [class_id], [generator], batch_size,
+                          callback)[0]
 
 
 def freeze_untuned(G: Generator, tuned: set[int]) -> None:
@@ -498,9 +567,10 @@ class DGPReconstructor:
         targets = torch.cat([d.lift(o, size) for o, d in zip(observations, degradations)])
         with constant_network(prior.D):
             objective = Objective(prior.D, targets)
-            starts = [search_latent(prior, objective.subset(i), d, schedule, c,
-                                    g if g is not None else torch.Generator().manual_seed(0), callback=emit)
-                      for i, (d, c, g) in enumerate(zip(degradations, class_ids, generators))]
+            starts = search_latents(prior, [objective.subset(i) for i in range(len(observations))], degradations,
+                                    schedule, class_ids,
+                                    [g if g is not None else torch.Generator().manual_seed(0) for g in generators],
+                                    callback=emit)
             search_time = time.perf_counter() - t0
             z_all = torch.cat([s[0] for s in starts])
             ids = torch.tensor([s[1] for s in starts], device=device)

@@ -31,7 +31,8 @@ class Row:
         status: ``"ok"`` or ``"failed"``.
         input: the input file.
         output: the restored file, relative to the output folder (``None`` when failed).
-        seed: the image's seed (derived from the run's seed and the name).
+        seed: the image's seed (derived from the run's seed and the name), for its degradation's random draws;
+            its latent search draws from the run's seed.
         class_id: class used by the restoration.
         metrics: PSNR/SSIM against the reference, when there is one.
         timings: seconds: ``load``, ``restore`` (with ``search``, ``stage1``...), ``write``.

@@ -11,9 +11,11 @@ Division of labour:
 * *backends* decide where workers run: in the driver (:class:`InProcessBackend`), in local processes
   (:class:`ProcessBackend`), or on Ray actors (:class:`dgp.batch.ray_backend.RayBackend`).
 
-Each image's seed comes from the run's seed and the image's name through a stable hash, and every
-restoration draws only from its own generators, so an output does not depend on the order of the images,
-on which worker restored it or on how many workers there were (with ``batch_size`` 1, the default).
+Each image's seed comes from the run's seed and the image's name through a stable hash and seeds its
+degradation's random draws (masks, noise); every image's latent search draws its candidates from the run's
+seed, the same for all, so that the batched engine scores them once for a batch
+(:func:`dgp.reconstruct.search_latents`). So an output does not depend on the order of the images, on which
+worker restored it or on how many workers there were (with ``batch_size`` 1, the default).
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class BatchSettings:
         prior: prior name or folder (recorded, and compared on a rerun).
         degrade: inputs are clean images, degraded by the run (with each image's seed).
         mask: mask image for the ``mask`` token.
-        seed: base seed; each image's seed is :func:`image_seed` of it and the image's name.
+        seed: base seed: the latent search's candidates, the same for every image; each image's seed, for its
+            degradation's random draws, is :func:`image_seed` of it and the image's name.
         iterations_scale: multiplies every stage's iterations (``None``: the prior's setting).
         candidates: latent-search candidates (``None``: the prior's setting).
     """
@@ -142,7 +145,8 @@ class WorkItem:
 
     Attributes:
         name: the image's name.
-        seed: its seed.
+        seed: its seed (its degradation's random draws).
+        search_seed: the seed of its latent search's candidates (the run's seed).
         observation: ``(1, 3, h, w)`` in [-1, 1].
         reference: clean image ``(1, 3, R, R)`` in [-1, 1] or ``None``.
         degradation: the operator (random masks already drawn).
@@ -152,6 +156,7 @@ class WorkItem:
 
     name: str
     seed: int
+    search_seed: int
     observation: Tensor
     reference: Tensor | None
     degradation: Degradation
@@ -249,7 +254,7 @@ class Restorer:
         start = time.perf_counter()
         try:
             r = restore(self.prior, item.degradation, self.schedule, observation=item.observation,
-                        reference=item.reference, seed=item.seed)
+                        reference=item.reference, seed=item.search_seed)
         except (ValueError, ReconstructionError) as exc:
             return WorkResult(item.name, error=_one_line(exc), retryable=False, worker=self.label)
         except Exception as exc:  # noqa: BLE001 - anything else may be transient (memory, a device): retry
@@ -264,7 +269,7 @@ class Restorer:
         start = time.perf_counter()
         results = DGPReconstructor(self.prior, self.schedule).batch(
             [item.observation for item in items], [item.degradation for item in items],
-            generators=[torch.Generator().manual_seed(item.seed) for item in items])
+            generators=[torch.Generator().manual_seed(item.search_seed) for item in items])
         seconds = time.perf_counter() - start
         out = []
         for item, result in zip(items, results):
@@ -547,7 +552,8 @@ def prepare(item: BatchInput, settings: BatchSettings, prior: Prior, reference: 
     degradation = settings.degradation_for(prior, seed)
     observation, ref = load_inputs(prior, degradation, item.path, degrade=settings.degrade, reference=reference,
                                    seed=seed)
-    return WorkItem(item.name, seed, observation, ref, degradation, load_seconds=time.perf_counter() - start)
+    return WorkItem(item.name, seed, settings.seed, observation, ref, degradation,
+                    load_seconds=time.perf_counter() - start)
 
 
 @contextmanager

@@ -168,7 +168,8 @@ def batch_command(
 ) -> None:
     """Restore every image of a folder, glob or list into OUT, resumably; on local workers or a Ray cluster.
 
-    Seeds come from --seed and each image's name: results do not depend on the order or the workers.
+    Each image's random degradation draws are seeded from --seed and its name, every latent search from
+    --seed: results do not depend on the order or the workers.
 
     A rerun of the same command skips restored images and retries failed ones.
     """
