@@ -246,9 +246,10 @@ def test_images_with_the_same_draws_share_one_search(tiny_prior: Prior, monkeypa
             search_latent(tiny_prior, objectives[0], gray, sched, None, g, batch_size=3)
         alone.append((search_latent(tiny_prior, objectives[i], degradations[i], sched, classes[i], g, batch_size=3),
                       g.get_state()))
-    renders = []
-    forward = type(tiny_prior.G).forward
+    renders, views = [], []
+    forward, d_forward = type(tiny_prior.G).forward, type(tiny_prior.D).forward
     monkeypatch.setattr(type(tiny_prior.G), "forward", lambda G, *a, **k: renders.append(1) or forward(G, *a, **k))
+    monkeypatch.setattr(type(tiny_prior.D), "forward", lambda D, *a, **k: views.append(1) or d_forward(D, *a, **k))
     together = search_latents(tiny_prior, objectives, degradations, sched, classes, generators, batch_size=3)
     for (z, c), ((z_alone, c_alone), state) in zip(together, alone):
         assert torch.equal(z, z_alone) and c == c_alone
@@ -259,6 +260,8 @@ def test_images_with_the_same_draws_share_one_search(tiny_prior: Prior, monkeypa
     # nothing moves the generators, so {0, 1, 4, 5} and {2} score the 3 classes for z = 0 in one batch, and 3,
     # with a known class, has nothing to score
     assert len(renders) == (4 * 3 if n_candidates == 8 else 2)
+    # through D: the two gray operators of 0 and 1 as one, 4's downsampling apart
+    assert len(views) == (5 * 3 if n_candidates == 8 else 3)
     if n_candidates == 8:
         assert len({tuple(z.flatten().tolist()) for z, _ in together}) > 1  # the draws do differ
 

@@ -123,17 +123,20 @@ def _search_batch_size(n: int, resolution: int, device: torch.device) -> int:
 
 
 def _same_operator(a: Degradation, b: Degradation) -> bool:
-    """Whether two degradations compute the same function: one object, or modules of the same types with the
-    same scalar settings and equal buffers (a random mask drawn twice from one seed, say)."""
+    """Whether two degradations compute the same function: one object, or modules of the same types with equal
+    buffers and equal public attributes, all of them plain values (a random mask drawn twice from one seed, say).
+    An attribute of any other kind (a tensor that is not a buffer, a function) makes them count as different."""
     if a is b:
         return True
+    plain = (bool, int, float, str, tuple, type(None))
 
-    def settings(m: torch.nn.Module) -> dict[str, object]:
-        return {k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float, str, tuple))}
+    def settings(m: torch.nn.Module) -> dict[str, object] | None:
+        public = {k: v for k, v in vars(m).items() if not k.startswith("_")}
+        return public if all(isinstance(v, plain) for v in public.values()) else None
 
     modules_a, modules_b = list(a.modules()), list(b.modules())
-    if len(modules_a) != len(modules_b) or any(type(x) is not type(y) or settings(x) != settings(y)
-                                               for x, y in zip(modules_a, modules_b)):
+    if len(modules_a) != len(modules_b) or any(type(x) is not type(y) or settings(x) is None
+                                               or settings(x) != settings(y) for x, y in zip(modules_a, modules_b)):
         return False
     state_a, state_b = a.state_dict(), b.state_dict()
     return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
