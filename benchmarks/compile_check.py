@@ -10,7 +10,7 @@ images as the batched engine runs it (per-image generators, one stacked forward 
 compiled: the first call (for the compiled one, tracing and code generation), and steady-state forward plus
 backward per step. Run it twice to see the warm-cache figure: the inductor cache under ``/tmp/torchinductor_$USER``
 survives the process. Prints its figures; writes nothing. The engine does not compile (the README's Speed
-paragraph says why).
+bullet and docs/speed-notes.md say why).
 """
 
 from __future__ import annotations

@@ -457,7 +457,7 @@ def bound_section(times: dict[str, list[float]], batch: int, threads: int) -> li
         "at Python's global interpreter lock, which a thread holds while it issues an operator from Python "
         "(the loss, the optimizer, the backward pass of the stacked pass's Python-defined autograd functions; "
         "the forward passes of G and D are replayed from recordings without it, `dgp.tracing`) and takes back "
-        "after each. Worker processes, one lock each, do not contend (README, 'Speed').")
+        "after each. Worker processes, one lock each, do not contend (docs/speed-notes.md).")
     reading = (
         f"{batch} images at once reach 3x the images/s of one image at a time when a step of the batch takes "
         f"at most {batch}/3 x one image's step, here {limit:.1f} ms; the engine's step took {med['batch']:.1f} ms, "
