@@ -543,7 +543,9 @@ class DGPReconstructor:
         The images are tuned in ``shards`` groups at once, each in a thread of its own with its share of the
         intra-op threads (``None``: one group per intra-op thread on a CPU, one group on other devices). On a
         CPU two groups of 8 run faster than 16 images in one, and a lone image takes the single-image path.
-        Results do not depend on the grouping beyond float rounding.
+        Results do not depend on the grouping beyond float rounding. Images whose generators start in equal
+        states (as by default: every one seeded with 0) and share a class, or all have none, draw the same latent
+        search candidates, rendered once for all of them (:func:`search_latents`).
         """
         n = len(observations)
         degs = [degradations] * n if isinstance(degradations, torch.nn.Module) else list(degradations)
