@@ -262,6 +262,8 @@ def test_images_with_the_same_draws_share_one_search(tiny_prior: Prior, monkeypa
     assert len(renders) == (4 * 3 if n_candidates == 8 else 2)
     # through D: the two gray operators of 0 and 1 as one, 4's downsampling apart
     assert len(views) == (5 * 3 if n_candidates == 8 else 3)
+    with pytest.raises(ValueError, match="one objective, degradation, class and generator per image"):
+        search_latents(tiny_prior, objectives, degradations[:5], sched, classes, generators)
     if n_candidates == 8:
         assert len({tuple(z.flatten().tolist()) for z, _ in together}) > 1  # the draws do differ
 

@@ -186,6 +186,8 @@ def search_latents(prior: Prior, objectives: Sequence[Objective], degradations: 
 
     Returns ``(z (1, dim_z) on the prior's device, class id)`` per image.
     """
+    if not len(objectives) == len(degradations) == len(class_ids) == len(generators):
+        raise ValueError("search_latents needs one objective, degradation, class and generator per image")
     G = prior.G
     device = next(G.parameters()).device
     size = (prior.resolution, prior.resolution)
