@@ -9,10 +9,11 @@ Inputs: CIFAR-10 test images from ``../shared/data/cifar10-jpg.tar.gz`` when pre
 colorized with ``--degrade`` (so PSNR is measured too). Every configuration restores the same images into a
 fresh folder; the outputs are compared with the first configuration's. Each worker runs torch on one
 thread, so "1 worker" is one core, except in two configurations with one worker and a thread per core: one
-image at a time (what `dgp batch` does by default; the report gives every configuration that uses all cores
-against it) and the batched engine splitting each batch across the threads (what `dgp batch --batch-size N`
-does); the last one runs the same groups of images in one worker process per core instead. The wall time of a run
-includes starting its workers (processes or Ray actors); starting the local Ray instance itself is timed apart.
+image at a time (`dgp batch --batch-size 1`; the report gives every configuration that uses all cores against
+it) and `dgp batch`'s default, the batched engine on chunks of the images (:func:`dgp.batch.auto_batch_size`)
+split across the threads; the last one is `dgp batch --workers N` (one worker process per core, each with its
+own chunks). The wall time of a run includes starting its workers (processes or Ray actors); starting the local
+Ray instance itself is timed apart.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 from dgp.allocator import keep_freed_memory
-from dgp.batch import list_inputs, make_backend, run_batch
+from dgp.batch import auto_batch_size, list_inputs, make_backend, run_batch
 from dgp.batch.manifest import Manifest
 from dgp.batch.runner import OUTPUTS_FOLDER, BatchSettings
 from dgp.imageio import save_image
@@ -85,8 +86,8 @@ def main() -> None:
     parser.add_argument("--iterations-scale", type=float, default=None)
     parser.add_argument("--candidates", type=int, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "batch-performance.md")
-    parser.add_argument("--batch-size", type=int, default=3, help="also measure the batched engine with this "
-                        "many images per batch (1: skip)")
+    parser.add_argument("--batch-size", type=int, default=3, help="also measure the batched engine on one thread "
+                        "with this many images per batch (1: skip)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--settle", type=float, default=120.0,
                         help="wait up to this many seconds for the 1-min load average to fall below 0.5 (a job "
@@ -107,7 +108,7 @@ def main() -> None:
         time.sleep(5)
     load_before = os.getloadavg()
 
-    # (label, backend, workers, images per batch, torch threads of the driver)
+    # (label, backend, workers, images per batch (None: `dgp batch`'s default), torch threads of the driver)
     configs = [("local, 1 worker (in the driver)", make_backend(1), 1, 1, 1),
                ("local, 2 worker processes", make_backend(2), 2, 1, 1)]
     ray_start = None
@@ -123,19 +124,18 @@ def main() -> None:
             print("ray not installed: skipping the Ray configuration", file=sys.stderr)
 
     cores = os.cpu_count() or 1
-    if cores > 1:  # `dgp batch`'s default: one worker, one image at a time, torch on every core
-        configs.append((f"local, 1 worker on {cores} threads, one image at a time (`dgp batch`'s default)",
+    if cores > 1:  # one image at a time, torch on every core
+        configs.append((f"local, 1 worker on {cores} threads, one image at a time (`--batch-size 1`)",
                         make_backend(1), 1, 1, cores))
     if args.batch_size > 1:
         configs.append((f"local, 1 worker, batched engine (`--batch-size {args.batch_size}`)", make_backend(1), 1,
                         args.batch_size, 1))
-        if cores > 1:  # what `dgp batch --batch-size N` does by default: the driver's threads on every core
-            configs.append((f"local, 1 worker on {cores} threads, batched engine (`--batch-size {args.batch_size}`)",
-                            make_backend(1), 1, args.batch_size, cores))
-            # the same groups of images, one per worker process instead of one per thread of one process
-            per_worker = max(1, args.batch_size // cores)
-            configs.append((f"local, {cores} worker processes, batched engine (`--workers {cores} --batch-size "
-                            f"{per_worker}`)", make_backend(cores), cores, per_worker, 1))
+    if cores > 1:  # `dgp batch`'s default: batches split across the driver's threads, one per core
+        configs.append((f"local, 1 worker on {cores} threads, batched engine (`dgp batch`'s default: batches of "
+                        f"{auto_batch_size(prior, len(inputs), 1)})", make_backend(1), 1, None, cores))
+        # one worker process per core, each restoring its own batches (the default with --workers)
+        configs.append((f"local, {cores} worker processes, batched engine (`--workers {cores}`: batches of "
+                        f"{auto_batch_size(prior, len(inputs), cores)})", make_backend(cores), cores, None, 1))
 
     # Warm up torch in this process (first-call costs would otherwise land on the first configuration).
     run_batch(inputs[:1], work / "warm-up", settings, prior)
@@ -164,7 +164,7 @@ def main() -> None:
             same = f"no: up to {diff}/255 apart"
         reference = reference or files
         # Steady rate: images after the first round of workers, over the time they took.
-        k = workers * batch_size
+        k = workers * (batch_size or auto_batch_size(prior, len(inputs), workers))
         steady = 60.0 * (len(times) - k) / (times[-1] - times[k - 1]) if len(times) > k else float("nan")
         results.append({"label": label, "cores": workers * threads, "ok": summary.ok, "seconds": summary.seconds,
                         "ipm": summary.images_per_minute, "steady": steady,
@@ -209,14 +209,14 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
     for r in results:
         lines.append(f"| {r['label']} | {r['ok']} | {r['seconds']:.1f} | {r['ipm']:.2f} | {r['ipm'] / base:.2f}x | "
                      f"{r['steady']:.2f} | {r['restore']:.1f} | {r['psnr']:.2f} | {r['same']} |")
-    default = next((r for r in results if "`dgp batch`'s default" in r["label"]), None)
-    if default is not None:
-        faster = [f"{r['label']}: {r['ipm'] / default['ipm']:.2f}x" for r in results
-                  if r is not default and r["cores"] >= default["cores"]]
+    single = next((r for r in results if "one image at a time (`--batch-size 1`)" in r["label"]), None)
+    if single is not None:
+        faster = [f"{r['label']}: {r['ipm'] / single['ipm']:.2f}x" for r in results
+                  if r is not single and r["cores"] >= single["cores"]]
         lines += [
             "",
-            f"Against `dgp batch`'s default (one image at a time on all {os.cpu_count()} cores, "
-            f"{default['seconds']:.1f} s), the configurations that use every core: " + "; ".join(faster) + ".",
+            f"Against one image at a time on all {os.cpu_count()} cores (`--batch-size 1`, "
+            f"{single['seconds']:.1f} s), the configurations that use every core: " + "; ".join(faster) + ".",
         ]
     lines += [
         "",
@@ -230,17 +230,16 @@ def write_report(args, results, source, schedule, ray_start, load_before, load_a
         "Restoration time is about proportional to the iterations of the schedule, so images per minute scale "
         "inversely with `--iterations-scale`.",
         "",
-        "The batched engine (`--batch-size`) runs a batch's images through one stacked generator, which uses a "
-        "core better than one small image at a time; given several torch threads (as `dgp batch` with one "
-        "worker has by default) it splits the batch into one group per thread, each tuned in a thread of its "
-        "own. Those threads share one process (and Python's global interpreter lock for what they issue "
-        "from Python; the forward passes are replayed without it); worker processes (`--workers`, each tuning "
-        "its own batch on its own core) share nothing, which the last configuration measures against the one "
-        "before it (the same groups of images). The batched "
-        "engine's results equal one-at-a-time restoration only within "
-        "float tolerance, and the optimisation amplifies those differences over the iterations (last column), "
-        "so `dgp batch` keeps one image at a time by default, where results do not depend on how the work is "
-        "split.",
+        "The batched engine (`dgp batch`'s default, or `--batch-size N`) runs a batch's images through one "
+        "stacked generator, which uses a core better than one small image at a time; given several torch "
+        "threads (as `dgp batch` with one worker has by default) it splits the batch into one group per thread, "
+        "each tuned in a thread of its own. Those threads share one process (and Python's global interpreter "
+        "lock for what they issue from Python; the forward passes are replayed without it); worker processes "
+        "(`--workers`, each tuning its own batch on its own core) share nothing, which the last configuration "
+        "measures against the one before it. The batched engine's results equal "
+        "one-at-a-time restoration only within float tolerance, and the optimisation amplifies those "
+        "differences over the iterations (last column), so results depend on which images shared a batch; "
+        "`--batch-size 1` restores one image at a time, where results do not depend on how the work is split.",
         "",
         "Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/batch_throughput.py "
         + shlex.join(sys.argv[1:]) + "`",

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from dgp.batch import BatchError, BatchSettings, Manifest, Row, image_seed, list_inputs, make_backend, run_batch
+from dgp.batch import (BatchError, BatchSettings, Manifest, Row, auto_batch_size, image_seed, list_inputs,
+                       make_backend, run_batch)
 from dgp.batch.runner import OUTPUTS_FOLDER
 from dgp.imageio import load_rgb, save_image
 from dgp.pipeline import load_inputs, restore
@@ -217,9 +219,9 @@ def test_results_do_not_depend_on_order_or_references(tmp_path: Path, prior: Pri
     data = tmp_path / "data"
     make_images(data, 3)
     inputs = list_inputs(data)
-    run_batch(inputs, tmp_path / "a", settings(degrade=False), prior)
-    run_batch(inputs[::-1], tmp_path / "b", settings(degrade=False), prior)
-    run_batch(inputs[1:], tmp_path / "c", settings(degrade=False), prior)
+    run_batch(inputs, tmp_path / "a", settings(degrade=False), prior, batch_size=1)
+    run_batch(inputs[::-1], tmp_path / "b", settings(degrade=False), prior, batch_size=1)
+    run_batch(inputs[1:], tmp_path / "c", settings(degrade=False), prior, batch_size=1)
     assert_same_run(tmp_path / "a", tmp_path / "b")
     assert torch.equal(outputs(tmp_path / "a")["img02.png"], outputs(tmp_path / "c")["img02.png"])
     # References score the outputs (here: the inputs themselves) without changing them.
@@ -234,7 +236,7 @@ def test_every_latent_search_draws_from_the_run_seed(tmp_path: Path, prior: Prio
     data = tmp_path / "data"
     names = make_images(data, 2)
     run = settings(degrade=False, seed=5).resolved(prior)
-    run_batch(list_inputs(data), tmp_path / "out", run, prior)
+    run_batch(list_inputs(data), tmp_path / "out", run, prior, batch_size=1)
     restored = outputs(tmp_path / "out")
     degradation, schedule = run.degradation_for(prior, 0), run.schedule(prior)
     for name in names:
@@ -256,7 +258,7 @@ def test_batched_engine_restores_groups(tmp_path: Path, prior: Prior) -> None:
     assert (summary.ok, summary.failed) == (3, 1)
     rows = {r["name"]: r for r in manifest_lines(tmp_path / "out")}
     assert [rows[f"img0{i}.png"]["batch"] for i in range(3)] == [2, 2, 1]
-    single = run_batch(list_inputs(data), tmp_path / "single", settings(), prior)
+    single = run_batch(list_inputs(data), tmp_path / "single", settings(), prior, batch_size=1)
     assert single.ok == 3
     a, b = outputs(tmp_path / "out"), outputs(tmp_path / "single")
     assert torch.equal(a["img02.png"], b["img02.png"])  # restored alone in both runs
@@ -264,12 +266,31 @@ def test_batched_engine_restores_groups(tmp_path: Path, prior: Prior) -> None:
         assert (a[name].int() - b[name].int()).abs().max() <= 1
 
 
+def test_runs_restore_in_even_chunks_by_default(tmp_path: Path, prior: Prior) -> None:
+    data = tmp_path / "data"
+    make_images(data, 5)
+    (data / "zz-corrupt.png").write_bytes(b"")
+    events = []
+    summary = run_batch(list_inputs(data), tmp_path / "out", settings(), prior, on_event=events.append)
+    assert (summary.ok, summary.failed) == (5, 1)
+    assert (events[0].kind, events[0].total, events[0].batch_size, events[0].workers) == ("start", 6, 6, 1)
+    assert {r["name"]: r["batch"] for r in manifest_lines(tmp_path / "out") if r["status"] == "ok"} == {
+        f"img0{i}.png": 5 for i in range(5)}
+    # The rule: chunks of at most 16, shared out evenly among the workers, fewer images for a large generator.
+    assert [auto_batch_size(prior, n, 1) for n in (0, 1, 3, 16, 17, 40, 1000)] == [1, 1, 3, 16, 9, 14, 16]
+    assert [auto_batch_size(prior, n, 2) for n in (1, 3, 16, 17)] == [1, 2, 8, 9]
+    big = SimpleNamespace(G=torch.nn.Linear(8192, 8191, device="meta"))  # just under 1 GiB an image
+    assert auto_batch_size(big, 40, 1) == 2 and auto_batch_size(big, 40, 4) == 2
+    bigger = SimpleNamespace(G=torch.nn.Linear(8192, 8192, device="meta"))  # just over
+    assert auto_batch_size(bigger, 40, 1) == 1
+
+
 @pytest.fixture(scope="module")
 def dozen(tmp_path_factory: pytest.TempPathFactory, prior: Prior) -> tuple[Path, Path]:
     """Twelve images and their restoration in this process: ``(inputs folder, output folder)``."""
     root = tmp_path_factory.mktemp("dozen")
     make_images(root / "data", 12)
-    run_batch(list_inputs(root / "data"), root / "local", settings(), prior)
+    run_batch(list_inputs(root / "data"), root / "local", settings(), prior, batch_size=1)
     return root / "data", root / "local"
 
 
@@ -278,7 +299,7 @@ def test_worker_processes_match_and_survive_a_killed_worker(tmp_path: Path, prio
     data, local = dozen
     marker = tmp_path / "killed"
     backend = make_backend(workers=2, kill_once=f"img05.png:{marker}")
-    summary = run_batch(list_inputs(data), tmp_path / "out", settings(), prior, backend=backend)
+    summary = run_batch(list_inputs(data), tmp_path / "out", settings(), prior, backend=backend, batch_size=1)
     assert marker.is_file()  # the hook did kill a worker
     assert (summary.ok, summary.failed, summary.retried) == (12, 0, 1)
     rows = manifest_lines(tmp_path / "out")
@@ -293,10 +314,12 @@ def test_threads_per_worker_are_set_recorded_and_leave_the_caller_as_it_was(tmp_
     data = tmp_path / "data"
     make_images(data, 2)
     before = torch.get_num_threads()
-    run_batch(list_inputs(data), tmp_path / "driver", settings(), prior, backend=make_backend(threads=2))
+    run_batch(list_inputs(data), tmp_path / "driver", settings(), prior, backend=make_backend(threads=2),
+              batch_size=1)
     assert torch.get_num_threads() == before
     assert {r["threads"] for r in manifest_lines(tmp_path / "driver")} == {2}
-    run_batch(list_inputs(data), tmp_path / "workers", settings(), prior, backend=make_backend(workers=2, threads=2))
+    run_batch(list_inputs(data), tmp_path / "workers", settings(), prior, backend=make_backend(workers=2, threads=2),
+              batch_size=1)
     assert {r["threads"] for r in manifest_lines(tmp_path / "workers")} == {2}
     assert_same_run(tmp_path / "driver", tmp_path / "workers")  # the same threads per worker: the same results
     run_batch(list_inputs(data), tmp_path / "default", settings(), prior)
@@ -381,7 +404,7 @@ def ray_session():  # noqa: ANN201
 def test_ray_run_matches_local_run(ray_session, tmp_path: Path, prior: Prior, dozen: tuple[Path, Path]) -> None:
     data, local = dozen
     backend = make_backend(workers=2, use_ray=True)
-    summary = run_batch(list_inputs(data), tmp_path / "ray", settings(), prior, backend=backend)
+    summary = run_batch(list_inputs(data), tmp_path / "ray", settings(), prior, backend=backend, batch_size=1)
     assert (summary.ok, summary.failed, summary.retried) == (12, 0, 0)
     assert_same_run(local, tmp_path / "ray")
     assert len({r["worker"] for r in manifest_lines(tmp_path / "ray")}) == 2
@@ -406,7 +429,7 @@ def test_ray_worker_that_dies_mid_task_is_retried(ray_session, tmp_path: Path, p
     backend = make_backend(workers=2, use_ray=True, kill_once=f"img03.png:{marker}")
     events = []
     summary = run_batch(list_inputs(data), tmp_path / "ray", settings(), prior, backend=backend,
-                        on_event=events.append)
+                        batch_size=1, on_event=events.append)
     assert marker.is_file()
     assert (summary.ok, summary.failed, summary.retried) == (12, 0, 1)
     assert [e.name for e in events if e.kind == "retry"] == ["img03.png"]

@@ -13,10 +13,11 @@ from dgp.batch.runner import (
     BatchEvent,
     BatchSettings,
     BatchSummary,
+    auto_batch_size,
     image_seed,
     make_backend,
     run_batch,
 )
 
 __all__ = ["BatchError", "BatchEvent", "BatchInput", "BatchSettings", "BatchSummary", "Manifest", "Row",
-           "image_seed", "list_inputs", "make_backend", "run_batch"]
+           "auto_batch_size", "image_seed", "list_inputs", "make_backend", "run_batch"]

@@ -7,15 +7,16 @@ Division of labour:
   manifest;
 * *workers* hold the prior and a schedule and only restore (:class:`Restorer`): tensors in, tensors out, no
   files, so they need no shared file system and a lost worker leaves nothing half-written; a worker restores
-  one image at a time, or ``batch_size`` images at once with the batched engine;
+  a chunk of images at once with the batched engine (:func:`auto_batch_size` by default), or one at a time;
 * *backends* decide where workers run: in the driver (:class:`InProcessBackend`), in local processes
   (:class:`ProcessBackend`), or on Ray actors (:class:`dgp.batch.ray_backend.RayBackend`).
 
 Each image's seed comes from the run's seed and the image's name through a stable hash and seeds its
 degradation's random draws (masks, noise); every image's latent search draws its candidates from the run's
 seed, the same for all, so that the batched engine scores them once for a batch
-(:func:`dgp.reconstruct.search_latents`). So an output does not depend on the order of the images, on which
-worker restored it or on how many workers there were (with ``batch_size`` 1, the default).
+(:func:`dgp.reconstruct.search_latents`). With ``batch_size`` 1 an output does not depend on the order of the
+images, on which worker restored it or on how many workers there were; restored in chunks, it depends slightly
+(float rounding, amplified by the optimisation) on the images that shared its chunk.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ KILL_ONCE_ENV = "DGP_TEST_KILL_ONCE"
 
 BATCH_TASKS = (*TASKS, "restore")
 
+AUTO_BATCH_IMAGES = 16  # images a worker restores together at most, unless told otherwise
+AUTO_BATCH_BYTES = 2 * 2**30  # and at most this much of tuned generator copies a worker
 _SEED_BITS = 62  # room for the offsets that load_inputs adds, within torch's 64-bit seeds
 
 
@@ -500,8 +503,9 @@ class BatchEvent:
     """Progress of a run, for a progress bar or a log (the library itself never prints).
 
     Attributes:
-        kind: ``"start"`` (once, ``total`` images to do), ``"row"`` (an image finished: ``row``) or ``"retry"``
-            (an image will be tried again: ``name``, ``message``).
+        kind: ``"start"`` (once, ``total`` images to do, at most ``batch_size`` at once on each of ``workers``
+            workers), ``"row"`` (an image finished: ``row``) or ``"retry"`` (an image will be tried again:
+            ``name``, ``message``).
         total: images to restore in this run.
         done: images finished in this run so far.
     """
@@ -512,6 +516,8 @@ class BatchEvent:
     row: Row | None = None
     name: str | None = None
     message: str = ""
+    batch_size: int = 1
+    workers: int = 1
 
 
 @dataclass
@@ -653,9 +659,28 @@ def make_backend(workers: int = 1, ray_address: str | None = None, *, use_ray: b
     return lambda prior, schedule: ProcessBackend(prior, schedule, workers, device, threads, kill_once=kill_once)
 
 
+def auto_batch_size(prior: Prior, images: int, workers: int) -> int:
+    """How many images a worker restores together when no batch size is given.
+
+    The images are shared out evenly in chunks, at least one per worker, of at most ``AUTO_BATCH_IMAGES`` and
+    at most as many as keep the tuned copies of the generator (weights, gradients and Adam's two moments: 16
+    bytes a parameter) under ``AUTO_BATCH_BYTES``: 16 images of the shipped prior (6 MiB an image), one of a
+    128-pixel ImageNet BigGAN (1.05 GiB an image).
+
+    Args:
+        prior: the prior the run restores with.
+        images: the images left to restore (at least 0).
+        workers: how many workers restore side by side (at least 1).
+    """
+    per_image = 16 * sum(p.numel() for p in prior.G.parameters())
+    cap = max(1, min(AUTO_BATCH_IMAGES, AUTO_BATCH_BYTES // max(1, per_image)))
+    chunks = max(workers, math.ceil(images / cap))
+    return max(1, math.ceil(images / chunks))
+
+
 def run_batch(inputs: Sequence[BatchInput], output: str | Path, settings: BatchSettings, prior: Prior, *,
               backend: BackendFactory | None = None, references: str | Path | None = None, retries: int = 2,
-              batch_size: int = 1, environment: dict[str, Any] | None = None,
+              batch_size: int | None = None, environment: dict[str, Any] | None = None,
               on_event: Callable[[BatchEvent], None] | None = None) -> BatchSummary:
     """Restore every image of ``inputs`` into ``output``, resuming an earlier run there.
 
@@ -674,10 +699,10 @@ def run_batch(inputs: Sequence[BatchInput], output: str | Path, settings: BatchS
         backend: where to restore (:func:`make_backend`; default: in this process).
         references: folder of clean images with the inputs' names, to score against.
         retries: extra tries for an image whose worker was lost.
-        batch_size: images a worker restores together with the batched engine. With 1 (the default) every
-            output is independent of the order of the images and of the workers; with more, each output depends
-            on the images that shared its batch (the batched engine matches one-at-a-time restoration only
-            within float tolerance, which long schedules amplify).
+        batch_size: images a worker restores together with the batched engine; ``None`` (the default):
+            :func:`auto_batch_size`. With 1 every output is independent of the order of the images and of the
+            workers; with more, each output depends on the images that shared its batch (the batched engine
+            matches one-at-a-time restoration only within float tolerance, which long schedules amplify).
         environment: recorded in ``batch.json`` by the first run.
         on_event: progress callback.
 
@@ -687,7 +712,7 @@ def run_batch(inputs: Sequence[BatchInput], output: str | Path, settings: BatchS
     start = time.perf_counter()
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -701,8 +726,9 @@ def run_batch(inputs: Sequence[BatchInput], output: str | Path, settings: BatchS
         rows = manifest.compact()
         todo = [item for item in inputs if not _done(rows.get(item.name), out)]
         summary.skipped = len(inputs) - len(todo)
-        notify(BatchEvent("start", len(todo), 0))
-        if todo:
+        if not todo:
+            notify(BatchEvent("start", 0, 0))
+        else:  # _drive announces the start, with the batch size
             _drive(todo, out, settings, prior, backend or make_backend(), refs, retries, batch_size, rows,
                    manifest, summary, notify)
         rows = manifest.compact()
@@ -717,7 +743,7 @@ def _done(row: Row | None, out: Path) -> bool:
 
 
 def _drive(todo: list[BatchInput], out: Path, settings: BatchSettings, prior: Prior, factory: BackendFactory,
-           refs: dict[str, Path | None], retries: int, batch_size: int, previous: dict[str, Row],
+           refs: dict[str, Path | None], retries: int, batch_size: int | None, previous: dict[str, Row],
            manifest: Manifest, summary: BatchSummary, notify: Callable[[BatchEvent], None]) -> None:
     total = len(todo)
     pending = iter(todo)
@@ -742,6 +768,9 @@ def _drive(todo: list[BatchInput], out: Path, settings: BatchSettings, prior: Pr
         return old.attempt if old is not None else 0
 
     backend = factory(prior, settings.schedule(prior))
+    if batch_size is None:
+        batch_size = auto_batch_size(prior, total, backend.slots)
+    notify(BatchEvent("start", total, 0, batch_size=batch_size, workers=backend.slots))
     try:
         while True:
             while in_flight < backend.slots:

@@ -92,6 +92,11 @@ class _Reporter:
 
     def __call__(self, event: BatchEvent) -> None:
         if event.kind == "start":
+            if event.total:
+                workers = f" on each of {event.workers} workers" if event.workers > 1 else ""
+                at_once = (f"in batches of up to {event.batch_size}{workers}" if event.batch_size > 1 else
+                           f"one at a time{workers}")
+                console.print(f"restoring {event.total} image(s) {at_once}", highlight=False)
             self.task = self.progress.add_task("batch", total=event.total, info="")
             return
         if event.kind == "retry":
@@ -157,10 +162,12 @@ def batch_command(
                                        "the same for the same threads per worker whatever --workers; another "
                                        "thread count changes them slightly (float rounding)."),
     retries: int = typer.Option(2, "--retries", min=0, help="Extra tries for an image whose worker was lost."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images each worker restores together with "
-                                   "the batched engine (faster, above all on a GPU; on a CPU, fastest with "
-                                   "--workers set to the cores). Above 1, each result depends on the images that "
-                                   "shared its batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images each worker restores "
+                                          "together with the batched engine (default: the images shared out "
+                                          "among the workers, at most 16 a worker, fewer for large priors). "
+                                          "Above 1, each result depends slightly on the images that shared its "
+                                          "batch; 1 restores one image at a time (slower), so that results do "
+                                          "not depend on the order or the workers."),
     prior: str = PriorOpt, weights: Path | None = WeightsOpt,
     preset: str | None = typer.Option(None, "--preset", help="Schedule preset (default: the task's)."),
     iterations_scale: float | None = ScaleOpt, candidates: int | None = CandOpt, seed: int = SeedOpt,
@@ -169,7 +176,8 @@ def batch_command(
     """Restore every image of a folder, glob or list into OUT, resumably; on local workers or a Ray cluster.
 
     Each image's random degradation draws are seeded from --seed and its name, every latent search from
-    --seed: results do not depend on the order or the workers.
+    --seed. Images are restored in batches (about 3x faster than one at a time on a CPU); with --batch-size 1,
+    results do not depend on the order or the workers.
 
     A rerun of the same command skips restored images and retries failed ones.
     """
