@@ -384,6 +384,7 @@ BAD_INPUTS = {
     "bad sigma": (["denoise", "clean.png", "--sigma", "2"], "--sigma must be in (0, 1]"),
     "bad device": (["colorize", "clean.png", "--device", "warp9"], "unknown device 'warp9'"),
     "bad sigmas": (["jitter", "clean.png", "--sigmas", "0.3,x"], "--sigmas must be numbers"),
+    "several images": (["colorize", "clean.png", "clean.png"], "`dgp batch` restores several at once"),
 }
 
 

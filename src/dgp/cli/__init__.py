@@ -13,6 +13,10 @@ app = typer.Typer(
 )
 
 
+# Commands that restore one image, whose users may have meant `dgp batch` when they give several.
+SINGLE_IMAGE_TASKS = ("colorize", "inpaint", "super-resolve", "denoise", "restore", "reconstruct")
+
+
 def _show_version(value: bool) -> None:
     if value:
         from dgp import __version__
@@ -56,7 +60,10 @@ def main() -> None:
             sys.exit(0)
         command = ctx.command_path if ctx is not None else "dgp"
         message = " ".join(exc.format_message().split())
-        print(f"error: {message} (see `{command} --help`)", file=sys.stderr)
+        hint = f"see `{command} --help`"
+        if message.startswith("Got unexpected extra argument") and command.split()[-1] in SINGLE_IMAGE_TASKS:
+            hint = "it restores one image; `dgp batch` restores several at once, see `dgp batch --help`"
+        print(f"error: {message} ({hint})", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)
