@@ -196,6 +196,36 @@ def test_linear_scales_its_output_by_the_inverse_sigma():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_sn_conv_scaling_its_output_equals_scaling_its_weight(with_bias, monkeypatch):
+    """A large weight with a smaller output divides the output by sigma: BigGAN's values and gradients for the
+    plain, upsampled and pooled convolutions; a frozen weight is used as it is."""
+    monkeypatch.setattr(layers, "BROADCAST_PRODUCT_MAX_NUMEL", 0)  # these small weights count as large
+    conv = SNConv2d(6, 5, bias=with_bias).double().eval()
+    conv.upsampled_conv_min_side = 1
+    x = _randn(2, 6, 4, 4).requires_grad_(True)
+    cases = {  # (ours, BigGAN's with the normalised weight)
+        "plain": (lambda: conv(x), lambda w: F.conv2d(x, w, conv.bias, padding=1)),
+        "upsampled": (lambda: conv.forward_upsampled(x[..., :2, :2]),
+                      lambda w: F.conv2d(F.interpolate(x[..., :2, :2], scale_factor=2), w, conv.bias, padding=1)),
+        "pooled": (lambda: conv.forward_pooled(x), lambda w: F.avg_pool2d(F.conv2d(x, w, conv.bias, padding=1), 2)),
+    }
+    assert conv._scales_output(x, 16) and not conv._scales_output(x, 32)  # 2 x 16 < 54 <= 2 x 32
+    inputs = [x, conv.weight] + ([conv.bias] if with_bias else [])
+    for name, (ours_fn, theirs_fn) in cases.items():
+        conv.normalized_weight = lambda: pytest.fail("the weight was scaled")  # type: ignore[method-assign]
+        ours = ours_fn()
+        del conv.normalized_weight
+        theirs = theirs_fn(_biggan_sn_weight(conv))
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12, msg=name)
+        g = _randn(*ours.shape)
+        for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    with frozen_spectral_norm(conv), torch.no_grad():
+        assert not conv._scales_output(x, 16)
+        torch.testing.assert_close(conv(x), cases["plain"][1](_biggan_sn_weight(conv)), rtol=1e-12, atol=1e-12)
+
+
 def test_grouped_spectral_norm_equals_each_layer_alone():
     """Same-shaped weights share one batched power iteration: the same values and gradients as each layer's
     own; other layers (a single shape, training mode, frozen) are left to compute theirs, and nothing stays

@@ -385,6 +385,8 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
     # is 2.3x faster than oneDNN's for 8 images at 32 px (one thread) and 3.7x for one image at 128 px (two
     # threads); PyTorch picks it by itself only for one small image
     narrow_max_in_channels: int = 4
+    # divide the output rather than the weight by sigma where the output is the smaller (:meth:`_scales_output`)
+    scale_output_when_smaller: bool = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
                  bias: bool = True, eps: float = 1e-6) -> None:
@@ -401,7 +403,33 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
                 and self.dilation == (1, 1):
             return torch.ops.aten.thnn_conv2d(x, self.normalized_weight(), self.kernel_size, self.bias,
                                               self.stride, self.padding)
+        if self._scales_output(x, self._output_pixels(x)):
+            return self._scaled(F.conv2d(x, self.weight, None, self.stride, self.padding))
         return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+
+    def _output_pixels(self, x: Tensor) -> int:
+        """Pixels of one output plane of :meth:`forward` for ``x`` ``(B, in, H, W)``."""
+        pixels = 1
+        for size, k, s, p, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation):
+            pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[operator]
+        return pixels
+
+    def _scales_output(self, x: Tensor, out_pixels: int) -> bool:
+        """Whether to divide the output rather than the weight by sigma: while the weight is tuned (no frozen
+        copy), is large (over :data:`BROADCAST_PRODUCT_MAX_NUMEL` elements) and has more elements than the
+        output ``(B, out, out_pixels)``, so that the scaling and its gradient pass over fewer numbers (the 4- to
+        32-px layers of a 128-px BigGAN: weights of up to 21M elements against outputs of 1,536 x 64). Small
+        weights, such as the shipped prior's, keep the weight's scaling (the same speed there)."""
+        frozen = self.frozen_weight is not None and not self.training
+        return (self.scale_output_when_smaller and not frozen and self.groups == 1
+                and self.weight.numel() > BROADCAST_PRODUCT_MAX_NUMEL
+                and x.shape[0] * out_pixels < self.weight[0].numel())
+
+    def _scaled(self, out: Tensor) -> Tensor:
+        """``out`` (made with the unnormalised weight and no bias) divided by sigma, plus the bias."""
+        if self.bias is None:
+            return out * self.inverse_sigma()
+        return torch.addcmul(self.bias[:, None, None], out, self.inverse_sigma())
 
     def forward_upsampled(self, x: Tensor) -> Tensor:
         """The convolution of ``x`` ``(B, in, H, W)`` upsampled 2x (nearest): ``(B, out, 2H, 2W)``.
@@ -412,6 +440,8 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         """
         side = 2 * x.shape[-1]
         if side >= self.upsampled_conv_min_side and self.is_plain_3x3():
+            if self._scales_output(x, side * 2 * x.shape[-2]):
+                return self._scaled(upsampled_conv3x3(x, self.weight, None, self.upsampled_taps))
             return upsampled_conv3x3(x, self.normalized_weight(), self.bias, self.upsampled_taps)
         return self(upsample_nearest_2x(x))
 
@@ -425,6 +455,8 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
         convolution for a 3x3 kernel with at most :attr:`pooled_max_channels` inputs (:func:`pooled_conv3x3`),
         equal up to float rounding."""
         if self.is_plain_3x3() and self.in_channels <= self.pooled_max_channels:
+            if self._scales_output(x, (x.shape[-2] // 2) * (x.shape[-1] // 2)):
+                return self._scaled(pooled_conv3x3(x, self.weight, None, self.pooled_taps))
             return pooled_conv3x3(x, self.normalized_weight(), self.bias, self.pooled_taps)
         return F.avg_pool2d(self(x), 2)
 
