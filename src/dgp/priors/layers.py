@@ -403,7 +403,7 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
                 and self.dilation == (1, 1):
             return torch.ops.aten.thnn_conv2d(x, self.normalized_weight(), self.kernel_size, self.bias,
                                               self.stride, self.padding)
-        if self._scales_output(x, self._output_pixels(x)):
+        if self._scales_output(x):
             return self._scaled(F.conv2d(x, self.weight, None, self.stride, self.padding))
         return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
 
@@ -414,16 +414,20 @@ class SNConv2d(nn.Conv2d, SpectralNorm):
             pixels *= (size + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[operator]
         return pixels
 
-    def _scales_output(self, x: Tensor, out_pixels: int) -> bool:
+    def _scales_output(self, x: Tensor, out_pixels: int | None = None) -> bool:
         """Whether to divide the output rather than the weight by sigma: while the weight is tuned (no frozen
         copy), is large (over :data:`BROADCAST_PRODUCT_MAX_NUMEL` elements) and has more elements than the
-        output ``(B, out, out_pixels)``, so that the scaling and its gradient pass over fewer numbers (the 4- to
-        32-px layers of a 128-px BigGAN: weights of up to 21M elements against outputs of 1,536 x 64). Small
-        weights, such as the shipped prior's, keep the weight's scaling (the same speed there)."""
-        frozen = self.frozen_weight is not None and not self.training
-        return (self.scale_output_when_smaller and not frozen and self.groups == 1
-                and self.weight.numel() > BROADCAST_PRODUCT_MAX_NUMEL
-                and x.shape[0] * out_pixels < self.weight[0].numel())
+        output ``(B, out, out_pixels)`` (default: :meth:`forward`'s), so that the scaling and its gradient pass
+        over fewer numbers (the 4- to 32-px layers of a 128-px BigGAN: weights of up to 21M elements against
+        outputs of 1,536 x 64). Small weights, such as the shipped prior's, keep the weight's scaling (no gain
+        measured there)."""
+        large = self.weight.numel() > BROADCAST_PRODUCT_MAX_NUMEL
+        if not (self.scale_output_when_smaller and large and self.groups == 1):
+            return False
+        if self.frozen_weight is not None and not self.training:
+            return False
+        pixels = self._output_pixels(x) if out_pixels is None else out_pixels
+        return x.shape[0] * pixels < self.weight[0].numel()
 
     def _scaled(self, out: Tensor) -> Tensor:
         """``out`` (made with the unnormalised weight and no bias) divided by sigma, plus the bias."""
