@@ -134,6 +134,26 @@ def test_bench_in_python_with_a_subset(bench_inputs: dict[str, Path], tiny_prior
                      BenchSettings(n=2), methods=["magic"])
 
 
+def test_bench_restores_the_gan_methods_in_batches(bench_inputs: dict[str, Path], tiny_prior) -> None:
+    data = ImageFolder.scan(bench_inputs["data"])
+    settings = BenchSettings(n=3, iterations_scale=1e-4, candidates=2, dip_iterations=1, examples=0)
+
+    def run(out: str, batch_size: int | None):
+        bench = QualityBench(tiny_prior, None, data, bench_inputs["out"] / out, settings, tasks=["colorization"],
+                             methods=["dgp", "gan-inversion", "dip"], batch_size=batch_size)
+        return bench.run().records["colorization"]
+
+    batched, alone = run("batched", None), run("alone", 1)
+    for method in ("dgp", "gan-inversion"):
+        assert [r["batch"] for r in batched[method]] == [3, 3, 3] and [r["batch"] for r in alone[method]] == [1] * 3
+        assert [r["image"] for r in batched[method]] == [r["image"] for r in alone[method]]
+        assert [r["seed"] for r in batched[method]] == [r["seed"] for r in alone[method]]  # each its own seed
+        assert [r["psnr"] for r in batched[method]] == pytest.approx([r["psnr"] for r in alone[method]], abs=0.05)
+    assert [r["batch"] for r in batched["dip"]] == [1, 1, 1]  # no batched engine: one at a time
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        QualityBench(tiny_prior, None, data, bench_inputs["out"], settings, batch_size=0)
+
+
 def test_cifar10_split_unpacks_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = make_folder(tmp_path / "src" / "test", per_class=1)
     shared = tmp_path / "shared"

@@ -109,6 +109,12 @@ class GANInversion:
         """Invert ``observation`` ``(1, 3, h, w)``; returns DGP's :class:`dgp.reconstruct.Result`."""
         return self._engine(observation, degradation, class_id, generator)
 
+    def batch(self, observations: Sequence[Tensor], degradations: Degradation | Sequence[Degradation],
+              class_ids: Sequence[int | None] | None = None,
+              generators: Sequence[torch.Generator | None] | None = None) -> list[Result]:
+        """Invert several images at once (:meth:`dgp.reconstruct.DGPReconstructor.batch`)."""
+        return self._engine.batch(observations, degradations, class_ids, generators)
+
 
 def ablation(name: str, prior: Prior, schedule: Schedule, callbacks: Sequence[Callback] = ()) -> DGPReconstructor:
     """The DGP ablation ``name`` (a key of :data:`ABLATIONS`) as a reconstructor."""

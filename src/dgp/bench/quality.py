@@ -28,7 +28,7 @@ import platform
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +48,7 @@ from dgp.baselines.classical import (BicubicUpsampling, NonLocalMeans, Observati
                                      ClassicalMethod)
 from dgp.baselines.dip import DeepImagePrior, DIPConfig
 from dgp.baselines.inversion import ABLATIONS, GANInversion, ablation, random_generator_prior
+from dgp.batch.runner import AUTO_BATCH_IMAGES, auto_batch_size
 from dgp.classifier import Classifier, card_class_names
 from dgp.data import ImageFolder
 from dgp.degradations import Degradation, parse_degradation
@@ -373,14 +374,21 @@ class QualityBench:
             cache).
         info: extra facts for the report (command line, names of the prior and classifier ...).
         overwrite: drop a cache made with other settings instead of refusing to run.
+        batch_size: images the GAN methods (DGP, its ablations, GAN inversion) restore at once with the batched
+            engine; ``None``: :func:`dgp.batch.auto_batch_size` of the images left to compute (at most 16). With
+            1 each image is restored alone; with more, a result depends slightly (float rounding, amplified by
+            the optimisation) on the images that shared its batch. The other methods go one image at a time.
     """
 
     def __init__(self, prior: Prior, classifier: Classifier | None, data: ImageFolder, output: str | Path,
                  settings: BenchSettings, tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
                  progress: ProgressFn | None = None, step_callbacks: Sequence[Callback] = (),
                  classifier_card: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.prior, self.classifier, self.settings = prior, classifier, settings
+        self.batch_size = batch_size
         self.output = Path(output)
         self.tasks = list(tasks) if tasks else list(TASKS)
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -469,10 +477,8 @@ class QualityBench:
         observations = self._observations(task, degradation, clean)
         random_prior = random_generator_prior(self.prior, self.settings.seed) if method == "random-g" else None
         runner = build_method(method, task, self.prior, self.settings, random_prior, self.step_callbacks)
-        for i in missing:
-            key = self.keys[i]
-            self._run_one(runner, task, method, degradation, observations[i], clean[i:i + 1], i, key,
-                          self._entry(cache, task_name, method, key))
+        for _ in self._restore(runner, task, method, degradation, observations, clean, missing, cache):
+            pass
         return len(missing)
 
     def _compute_in_parallel(self, plan: dict[str, list[str]], workers: int) -> int:
@@ -481,7 +487,8 @@ class QualityBench:
         pairs = sorted(((t, m) for t, ms in plan.items() for m in ms), key=lambda p: -_method_cost(*p))
         threads = max(1, torch.get_num_threads() // workers)
         payload = {"prior": self.prior, "classifier": self.classifier, "data": self.data, "output": self.output,
-                   "settings": self.settings, "classifier_card": self.classifier_card}
+                   "settings": self.settings, "classifier_card": self.classifier_card,
+                   "batch_size": self.batch_size}
         total, done, computed = len(pairs) * len(self.keys), 0, 0
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -524,26 +531,29 @@ class QualityBench:
             result.references[task_name] = self._references(task, clean, observations, clean_logits)
             for method in methods:
                 runner = build_method(method, task, self.prior, self.settings, random_prior, self.step_callbacks)
-                records = []
+                records: list[dict[str, Any] | None] = [None] * len(self.keys)
                 self._emit(BenchEvent(task_name, method, 0, len(self.keys), overall_done=overall,
                                       overall_total=overall_total))
-                for i, key in enumerate(self.keys):
-                    entry = self._entry(cache, task_name, method, key)
-                    record_path = entry.with_suffix(".json")
-                    if record_path.is_file():
-                        record = json.loads(record_path.read_text())
-                        result.cached += 1
-                        cached = True
-                    else:
-                        record = self._run_one(runner, task, method, degradation, observations[i], clean[i:i + 1],
-                                               i, key, entry)
-                        result.computed += 1
-                        cached = False
-                    records.append(record)
-                    overall += 1
-                    self._emit(BenchEvent(task_name, method, i + 1, len(self.keys), cached, record["seconds"],
+                done = 0
+                missing = []
+                for i, key in enumerate(self.keys):  # the cached records first, then the rest as they finish
+                    record_path = self._entry(cache, task_name, method, key).with_suffix(".json")
+                    if not record_path.is_file():
+                        missing.append(i)
+                        continue
+                    records[i] = json.loads(record_path.read_text())
+                    result.cached += 1
+                    done, overall = done + 1, overall + 1
+                    self._emit(BenchEvent(task_name, method, done, len(self.keys), True, records[i]["seconds"],
                                           overall, overall_total))
-                result.records[task_name][method] = records
+                for i, record in self._restore(runner, task, method, degradation, observations, clean, missing,
+                                               cache):
+                    records[i] = record
+                    result.computed += 1
+                    done, overall = done + 1, overall + 1
+                    self._emit(BenchEvent(task_name, method, done, len(self.keys), False, record["seconds"],
+                                          overall, overall_total))
+                result.records[task_name][method] = [r for r in records if r is not None]
             result.summaries[task_name] = {m: summarize(r) for m, r in result.records[task_name].items()}
         result.computed, result.cached = result.computed + parallel, result.cached - parallel
         self.info.setdefault("seconds", round(time.perf_counter() - start, 1))
@@ -589,18 +599,44 @@ class QualityBench:
                 for i in range(len(self.keys))]
         return {"original": Summary(len(hits), top1=float(np.mean(hits)), correct=int(sum(hits)))}
 
-    def _run_one(self, runner: Reconstructor, task: TaskSpec, method: str, degradation: Degradation,
-                 observation: Tensor, reference: Tensor, index: int, key: str, entry: Path) -> dict[str, Any]:
-        seed = image_seed(self.settings.seed, key)
-        class_id = None if task.kind == "defense" else self._label(index, self.prior_ids)
-        start = time.perf_counter()
-        result = runner(observation, degradation, class_id, torch.Generator().manual_seed(seed))
-        output, metrics = finish(result, degradation, reference)
-        seconds = time.perf_counter() - start
-        record: dict[str, Any] = {"task": task.name, "method": method, "image": key,
+    def _restore(self, runner: Reconstructor, task: TaskSpec, method: str, degradation: Degradation,
+                 observations: list[Tensor], clean: Tensor, indices: list[int],
+                 cache: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Restore the images ``indices`` with ``runner``, cache each record and output, and yield ``(index,
+        record)`` as they finish: in batches of :attr:`batch_size` where the runner has a batched engine
+        (``batch``), else one at a time. Each image keeps its own seed and class, batched or not."""
+        batched = hasattr(runner, "batch")
+        if not batched:
+            size = 1
+        elif self.batch_size is not None:
+            size = self.batch_size
+        else:
+            size = auto_batch_size(self.prior, len(indices), 1)
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
+            seeds = [image_seed(self.settings.seed, self.keys[i]) for i in chunk]
+            classes = [None if task.kind == "defense" else self._label(i, self.prior_ids) for i in chunk]
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+            began = time.perf_counter()
+            if len(chunk) > 1:
+                outcomes = runner.batch([observations[i] for i in chunk], degradation,  # type: ignore[attr-defined]
+                                        classes, generators)
+            else:
+                outcomes = [runner(observations[chunk[0]], degradation, classes[0], generators[0])]
+            seconds = (time.perf_counter() - began) / len(chunk)  # each image's share of its batch
+            for i, seed, outcome in zip(chunk, seeds, outcomes):
+                entry = self._entry(cache, task.name, method, self.keys[i])
+                yield i, self._record(outcome, task, method, degradation, clean[i:i + 1], i, seed, seconds,
+                                      len(chunk), entry)
+
+    def _record(self, outcome: Any, task: TaskSpec, method: str, degradation: Degradation, reference: Tensor,
+                index: int, seed: int, seconds: float, batch: int, entry: Path) -> dict[str, Any]:
+        """Score one restoration, write its output and record (atomically) and return the record."""
+        output, metrics = finish(outcome, degradation, reference)
+        record: dict[str, Any] = {"task": task.name, "method": method, "image": self.keys[index],
                                   "label": self.images.labels[index], "seed": seed, "seconds": round(seconds, 3),
-                                  "psnr": metrics["psnr"], "ssim": metrics["ssim"],
-                                  "class_id": getattr(result, "class_id", None)}
+                                  "batch": batch, "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+                                  "class_id": getattr(outcome, "class_id", None)}
         if task.kind != "restoration" and self.classifier is not None:
             logits = self._logits(output)
             assert logits is not None
@@ -630,7 +666,7 @@ def _compute_pair(payload: dict[str, Any], task: str, method: str, threads: int)
     torch.set_num_threads(threads)
     bench = QualityBench(payload["prior"], payload["classifier"], payload["data"], payload["output"],
                          payload["settings"], tasks=[task], methods=[method],
-                         classifier_card=payload["classifier_card"])
+                         classifier_card=payload["classifier_card"], batch_size=payload["batch_size"])
     return task, method, bench.compute_missing(task, method)
 
 
@@ -740,7 +776,10 @@ def write_report(bench: QualityBench, result: BenchResult) -> None:
                                                if bench.info.get("workers", 1) > 1 else "") +
         f", Python {env['python']}, dgp {env['dgp']}; {env['date']}",
         f"- This run computed {result.computed} and reused {result.cached} cached per-image results in "
-        f"{bench.info.get('seconds', 0):.0f} s; s / image is the wall time of one restoration when it was computed",
+        f"{bench.info.get('seconds', 0):.0f} s; s / image is the wall time of one restoration when it was computed"
+        + (", every image restored alone" if bench.batch_size == 1 else
+           " (a batch's over its images, where the GAN methods restored several at once, at most "
+           f"{bench.batch_size or AUTO_BATCH_IMAGES} a batch)"),
         "- Figures: mean ± standard deviation over images; per-image figures in [results.json](results.json); each "
         "figure's columns are the observation, every method, and the ground truth",
         "",

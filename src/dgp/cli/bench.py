@@ -83,6 +83,11 @@ def quality_command(
     workers: int = typer.Option(1, "--workers", min=1, help="Processes computing results side by side (CPU only; "
                                 "torch's threads are shared out between them, so 2 workers on 2 cores run "
                                 "single-threaded, which is faster for 32-pixel priors)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images DGP, its ablations and GAN "
+                                          "inversion restore at once with the batched engine (default: at most "
+                                          "16, shared out evenly); 1 restores one image at a time, as runs "
+                                          "before 2026-12-07 did. Above 1 a result depends slightly on the images "
+                                          "that shared its batch."),
 ) -> None:
     """Benchmark DGP against Deep Image Prior, GAN inversion, its ablations and classical methods.
 
@@ -137,7 +142,8 @@ def quality_command(
                           highlight=False)
 
     bench = QualityBench(p, model, folder, output, settings, tasks=task_list, methods=method_list,
-                         progress=on_event, classifier_card=card, info=info, overwrite=overwrite)
+                         progress=on_event, classifier_card=card, info=info, overwrite=overwrite,
+                         batch_size=batch_size)
     with progress:
         result = bench.run(workers=workers)
     console.print(f"wrote {output}/README.md ({result.computed} restorations computed, {result.cached} reused, "
