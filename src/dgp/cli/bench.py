@@ -85,9 +85,9 @@ def quality_command(
                                 "single-threaded, which is faster for 32-pixel priors)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images DGP, its ablations and GAN "
                                           "inversion restore at once with the batched engine (default: at most "
-                                          "16, shared out evenly); 1 restores one image at a time, as runs "
-                                          "before 2026-12-07 did. Above 1 a result depends slightly on the images "
-                                          "that shared its batch."),
+                                          "16, shared out evenly); 1 restores one image at a time, as earlier "
+                                          "versions did. Above 1 a result depends slightly on the images that "
+                                          "shared its batch."),
 ) -> None:
     """Benchmark DGP against Deep Image Prior, GAN inversion, its ablations and classical methods.
 
