@@ -247,6 +247,22 @@ def test_morph_writes_frames_grid_and_gif(work: Path, runs: dict[str, Run]) -> N
     record = run_json(out)
     assert record["frames"] == 3 and len(record["class_ids"]) == 2 and record["schedule"]["update_embed"]
     assert not np.array_equal(pixels(out / "frame_000.png"), pixels(out / "frame_002.png"))
+    # Both images are reconstructed together (the batched engine): each as it would be alone, seed 0.
+    from dgp.degradations import parse_degradation
+    from dgp.imageio import load_image
+    from dgp.pipeline import default_schedule
+    from dgp.priors.registry import load_prior
+    from dgp.reconstruct import DGPReconstructor
+
+    prior = load_prior(str(work / "prior"))
+    reconstructor = DGPReconstructor(prior, default_schedule(prior, "morphing"))
+    degradation = parse_degradation("id", size=(prior.resolution, prior.resolution))
+    for name, frame in (("clean.png", "frame_000.png"), ("other.png", "frame_002.png")):
+        alone = reconstructor(load_image(work / name, prior.resolution), degradation, None,
+                              torch.Generator().manual_seed(0))
+        save_image(alone.image, work / "out" / f"alone-{name}")
+        difference = np.abs(pixels(work / "out" / f"alone-{name}").astype(int) - pixels(out / frame).astype(int))
+        assert difference.max() <= 2, name
 
 
 def test_sample_to_a_grid(work: Path, runs: dict[str, Run]) -> None:

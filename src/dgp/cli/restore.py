@@ -287,15 +287,20 @@ def reconstruct_command(
                      seed=seed, device=device, reference=reference, degrade=False, overwrite=overwrite)
 
 
-def _reconstruct_for_editing(prior: Prior, image: Path, schedule: Schedule, class_spec: str | None, seed: int,
-                             label: str) -> Result:
+def _reconstruct_for_editing(prior: Prior, images: list[Path], schedule: Schedule, class_specs: list[str | None],
+                             seed: int, label: str) -> list[Result]:
+    """Reconstruct ``images`` (no degradation), each from ``seed``; several at once through the batched engine
+    (on a CPU each in a thread of its own), whose progress bar follows the first image."""
     size = (prior.resolution, prior.resolution)
     degradation = parse_degradation("id", size=size)
-    class_id = prior.class_id(class_spec) if class_spec is not None else None
-    observation = load_image(image, prior.resolution)
+    class_ids = [prior.class_id(c) if c is not None else None for c in class_specs]
+    observations = [load_image(image, prior.resolution) for image in images]
+    generators = [torch.Generator().manual_seed(seed) for _ in images]
     with progress_callback(label) as callback:
-        return DGPReconstructor(prior, schedule, [callback])(observation, degradation, class_id,
-                                                             torch.Generator().manual_seed(seed))
+        reconstructor = DGPReconstructor(prior, schedule, [callback])
+        if len(images) == 1:
+            return [reconstructor(observations[0], degradation, class_ids[0], generators[0])]
+        return reconstructor.batch(observations, degradation, class_ids, generators)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -326,7 +331,7 @@ def jitter_command(
         raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
     schedule = default_schedule(p, preset, iterations_scale, candidates)
     start = time.perf_counter()
-    result = _reconstruct_for_editing(p, image, schedule, class_, seed, "jitter")
+    (result,) = _reconstruct_for_editing(p, [image], schedule, [class_], seed, "jitter")
     images = jitter(p, result, values, per_sigma, torch.Generator().manual_seed(seed + 1))
     with output_folder(out, overwrite) as tmp:
         save_image(result.image, tmp / "reconstruction.png")
@@ -357,7 +362,7 @@ def transfer_command(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
     schedule = default_schedule(p, preset, iterations_scale, candidates)
-    result = _reconstruct_for_editing(p, image, schedule, class_, seed, "transfer")
+    (result,) = _reconstruct_for_editing(p, [image], schedule, [class_], seed, "transfer")
     images = transfer(p, result, targets)
     with output_folder(out, overwrite) as tmp:
         save_image(result.image, tmp / "reconstruction.png")
@@ -389,8 +394,7 @@ def morph_command(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists (use --overwrite to replace it)")
     schedule = default_schedule(p, preset, iterations_scale, candidates)
-    a = _reconstruct_for_editing(p, first, schedule, class_a, seed, "morph (1/2)")
-    b = _reconstruct_for_editing(p, second, schedule, class_b, seed, "morph (2/2)")
+    a, b = _reconstruct_for_editing(p, [first, second], schedule, [class_a, class_b], seed, "morph (both images)")
     images = morph(p, a, b, frames)
     with output_folder(out, overwrite) as tmp:
         for i, img in enumerate(images):
