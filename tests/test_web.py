@@ -332,9 +332,14 @@ def test_edit_handlers(handlers: Handlers, scene: Path, tmp_path: Path) -> None:
     assert [caption for _, caption in gallery][1:] == ["green", "blue"] and len(files) == 3
     with pytest.raises(gr.Error, match="at least one class"):
         handlers.transfer("tiny", str(scene), "automatic", 0.01, 0, [])
+    cached = len(handlers.cache._items)
     gallery, gif, _slider, frames, first, summary, files = handlers.morph(
         "tiny", str(scene), str(second), "automatic", "automatic", 0.01, 0, 4)
     assert len(gallery) == len(frames) == 4 and first is frames[0]
+    assert len(handlers.cache._items) == cached + 2  # both reconstructed (together), both kept
+    third = write_scene(tmp_path / "third.png", (60, 200))
+    handlers.morph("tiny", str(scene), str(third), "automatic", "automatic", 0.01, 0, 3)
+    assert len(handlers.cache._items) == cached + 3  # the first image came from the cache
     with Image.open(gif) as animation:
         assert animation.format == "GIF" and animation.n_frames >= 4
     assert handlers.show_frame(frames, 2) is frames[2] and handlers.show_frame([], 0) is None

@@ -615,17 +615,36 @@ def reconstruct_upload(prior: Prior, prior_label: str, image: Image.Image, *, cl
                        cache: ReconstructionCache | None = None, progress: ProgressFn | None = None,
                        label: str = "reconstruction") -> Result:
     """Reconstruct an (already checked) upload with the prior, for editing; reuses ``cache`` when it can."""
-    class_id = resolve_class(prior, class_spec)
+    return reconstruct_uploads(prior, prior_label, [image], class_specs=[class_spec],
+                               iterations_scale=iterations_scale, seed=seed, preset=preset, cache=cache,
+                               progress=progress, label=label)[0]
+
+
+def reconstruct_uploads(prior: Prior, prior_label: str, images: list[Image.Image], *,
+                        class_specs: list[str | None], iterations_scale: float | None, seed: int, preset: str,
+                        cache: ReconstructionCache | None = None, progress: ProgressFn | None = None,
+                        label: str = "reconstruction") -> list[Result]:
+    """Reconstruct (already checked) uploads, each from ``seed``, for editing: those ``cache`` lacks together
+    through the batched engine (whose progress follows the first of them)."""
     schedule = default_schedule(prior, preset, iterations_scale)
-    key = (prior_label, image_digest(image), class_id, schedule.to_dict().__repr__(), int(seed))
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit
-    observation = pil_to_tensor(to_square(image, prior.resolution))
-    result = DGPReconstructor(prior, schedule, step_progress(progress, label))(
-        observation, Identity(), class_id, torch.Generator().manual_seed(int(seed)))
-    if cache is not None:
-        cache.put(key, result)
-    return result
+    class_ids = [resolve_class(prior, spec) for spec in class_specs]
+    keys = [(prior_label, image_digest(image), class_id, schedule.to_dict().__repr__(), int(seed))
+            for image, class_id in zip(images, class_ids)]
+    results = [cache.get(key) if cache is not None else None for key in keys]
+    todo = [i for i, result in enumerate(results) if result is None]
+    if todo:
+        observations = [pil_to_tensor(to_square(images[i], prior.resolution)) for i in todo]
+        generators = [torch.Generator().manual_seed(int(seed)) for _ in todo]
+        reconstructor = DGPReconstructor(prior, schedule, step_progress(progress, label))
+        if len(todo) == 1:
+            made = [reconstructor(observations[0], Identity(), class_ids[todo[0]], generators[0])]
+        else:
+            made = reconstructor.batch(observations, Identity(), [class_ids[i] for i in todo], generators)
+        for i, result in zip(todo, made):
+            results[i] = result
+            if cache is not None:
+                cache.put(keys[i], result)
+    return [result for result in results if result is not None]
 
 
 @dataclass
@@ -698,10 +717,9 @@ def run_morph(prior: Prior, prior_label: str, first: Image.Image, second: Image.
     if not 2 <= int(frames) <= 64:
         raise UserError(f"the number of frames must be in 2..64, got {frames}")
     start = time.perf_counter()
-    a = reconstruct_upload(prior, prior_label, first, class_spec=class_a, iterations_scale=iterations_scale,
-                           seed=seed, preset="morphing", cache=cache, progress=progress, label="image 1/2")
-    b = reconstruct_upload(prior, prior_label, second, class_spec=class_b, iterations_scale=iterations_scale,
-                           seed=seed, preset="morphing", cache=cache, progress=progress, label="image 2/2")
+    a, b = reconstruct_uploads(prior, prior_label, [first, second], class_specs=[class_a, class_b],
+                               iterations_scale=iterations_scale, seed=seed, preset="morphing", cache=cache,
+                               progress=progress, label="both images")
     images = morph(prior, a, b, int(frames))
     gif = folder / "morph.gif"
     save_gif(images, gif)
@@ -734,6 +752,7 @@ __all__ = [
     "open_upload",
     "painted_mask",
     "reconstruct_upload",
+    "reconstruct_uploads",
     "resolve_class",
     "run_jitter",
     "run_morph",
