@@ -618,7 +618,7 @@ class QualityBench:
             classes = [None if task.kind == "defense" else self._label(i, self.prior_ids) for i in chunk]
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]
             began = time.perf_counter()
-            if len(chunk) > 1:
+            if batched:  # a batch of one runs the single-image path
                 outcomes = runner.batch([observations[i] for i in chunk], degradation,  # type: ignore[attr-defined]
                                         classes, generators)
             else:

@@ -289,18 +289,15 @@ def reconstruct_command(
 
 def _reconstruct_for_editing(prior: Prior, images: list[Path], schedule: Schedule, class_specs: list[str | None],
                              seed: int, label: str) -> list[Result]:
-    """Reconstruct ``images`` (no degradation), each from ``seed``; several at once through the batched engine
-    (on a CPU each in a thread of its own), whose progress bar follows the first image."""
+    """Reconstruct ``images`` (no degradation), each from ``seed``, through the batched engine (one image: the
+    single-image path; several: on a CPU each in a thread of its own), whose progress bar follows the first."""
     size = (prior.resolution, prior.resolution)
     degradation = parse_degradation("id", size=size)
     class_ids = [prior.class_id(c) if c is not None else None for c in class_specs]
     observations = [load_image(image, prior.resolution) for image in images]
     generators = [torch.Generator().manual_seed(seed) for _ in images]
     with progress_callback(label) as callback:
-        reconstructor = DGPReconstructor(prior, schedule, [callback])
-        if len(images) == 1:
-            return [reconstructor(observations[0], degradation, class_ids[0], generators[0])]
-        return reconstructor.batch(observations, degradation, class_ids, generators)
+        return DGPReconstructor(prior, schedule, [callback]).batch(observations, degradation, class_ids, generators)
 
 
 def _floats(text: str, name: str) -> list[float]:

@@ -635,11 +635,8 @@ def reconstruct_uploads(prior: Prior, prior_label: str, images: list[Image.Image
     if todo:
         observations = [pil_to_tensor(to_square(images[i], prior.resolution)) for i in todo]
         generators = [torch.Generator().manual_seed(int(seed)) for _ in todo]
-        reconstructor = DGPReconstructor(prior, schedule, step_progress(progress, label))
-        if len(todo) == 1:
-            made = [reconstructor(observations[0], Identity(), class_ids[todo[0]], generators[0])]
-        else:
-            made = reconstructor.batch(observations, Identity(), [class_ids[i] for i in todo], generators)
+        made = DGPReconstructor(prior, schedule, step_progress(progress, label)).batch(
+            observations, Identity(), [class_ids[i] for i in todo], generators)  # one image: the single path
         for i, result in zip(todo, made):
             results[i] = result
             if cache is not None:
