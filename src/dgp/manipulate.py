@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dgp.defaults import JITTER_SIGMAS
 from dgp.imageio import atomic_write, tensor_to_pil
 from dgp.priors.registry import Prior
 from dgp.reconstruct import Result
-
-JITTER_SIGMAS = (0.3, 0.5, 0.7)
 
 
 @torch.no_grad()

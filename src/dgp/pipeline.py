@@ -17,21 +17,13 @@ import torch
 from torch import Tensor
 
 from dgp.colorspace import merge_luminance
+from dgp.defaults import TASKS  # noqa: F401  (re-exported)
 from dgp.degradations import Chain, Degradation, Downsample, GaussianNoise, Grayscale, Identity, Mask
 from dgp.imageio import load_image, load_rgb
 from dgp.metrics import psnr, ssim
 from dgp.priors.registry import Prior
 from dgp.reconstruct import Callback, DGPReconstructor, Result
 from dgp.schedule import Schedule, get_preset
-
-# Default degradation and preset of each restoration task.
-TASKS: dict[str, tuple[str, str]] = {
-    "colorize": ("gray", "colorization"),
-    "inpaint": ("hole", "inpainting"),
-    "super-resolve": ("down4", "sr"),
-    "denoise": ("noise0.1", "denoising"),
-    "reconstruct": ("id", "reconstruction"),
-}
 
 
 def operators(degradation: Degradation) -> list[Degradation]:

@@ -43,9 +43,10 @@ from torch import Tensor
 from dgp.allocator import keep_freed_memory
 from dgp.batch.inputs import BatchInput, find_reference
 from dgp.batch.manifest import Manifest, Row
+from dgp.defaults import BATCH_TASKS, TASKS
 from dgp.degradations import Degradation, parse_degradation
 from dgp.imageio import atomic_write, save_image
-from dgp.pipeline import TASKS, default_schedule, finish, load_inputs, preset_for, restore
+from dgp.pipeline import default_schedule, finish, load_inputs, preset_for, restore
 from dgp.reconstruct import DGPReconstructor
 from dgp.priors.registry import Prior
 from dgp.reconstruct import ReconstructionError
@@ -56,8 +57,6 @@ OUTPUTS_FOLDER = "restored"
 #: Test hook: ``NAME:MARKER``. A worker (process or Ray actor, never the driver) that is handed image ``NAME``
 #: while the file ``MARKER`` does not exist creates ``MARKER`` and dies at once (``os._exit``): one lost task.
 KILL_ONCE_ENV = "DGP_TEST_KILL_ONCE"
-
-BATCH_TASKS = (*TASKS, "restore")
 
 AUTO_BATCH_IMAGES = 16  # images a worker restores together at most, unless told otherwise
 AUTO_BATCH_BYTES = 2 * 2**30  # and at most this much of tuned generator copies a worker

@@ -51,6 +51,7 @@ from dgp.baselines.inversion import ABLATIONS, GANInversion, ablation, random_ge
 from dgp.batch.runner import AUTO_BATCH_IMAGES, auto_batch_size
 from dgp.classifier import Classifier, card_class_names
 from dgp.data import ImageFolder
+from dgp.defaults import QUICK, QUICK_ABLATION_TASKS
 from dgp.degradations import Degradation, parse_degradation
 from dgp.imageio import atomic_write, load_image, pil_to_tensor, save_image, tensor_to_pil
 from dgp.pipeline import default_schedule, finish
@@ -126,12 +127,6 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("navier-stokes", "Navier-Stokes inpainting (OpenCV)", "classical"),
     MethodSpec("nl-means", "non-local means (OpenCV)", "classical"),
 )}
-
-#: In the quick setting the ablations and the random generator run on these tasks only.
-QUICK_ABLATION_TASKS = ("sr4",)
-#: Settings of ``--quick`` (each can still be given explicitly): about 18 minutes on 2 CPU cores shared with
-#: a training job (a DGP restoration of 30 steps then takes 5-7 s, a GAN inversion 3 s, DIP 4 s).
-QUICK = {"n": 10, "iterations_scale": 0.03, "candidates": 30, "dip_iterations": 150}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -33,6 +35,15 @@ def _root(
     """Deep Generative Prior: restore and edit images with a pretrained BigGAN."""
 
 
+def _is_input_error(exc: Exception) -> bool:
+    """Whether ``exc`` is an error in the user's input or files (one line, exit status 1) rather than a bug."""
+    if isinstance(exc, (ValueError, OSError)):
+        return True
+    # only a loaded engine raises its errors (the module is not imported to build the command line)
+    reconstruct = sys.modules.get("dgp.reconstruct")
+    return reconstruct is not None and isinstance(exc, reconstruct.ReconstructionError)
+
+
 def main() -> None:
     """Console-script entry point: errors end in one line on stderr.
 
@@ -40,11 +51,9 @@ def main() -> None:
     that cannot be used, 130 when interrupted. Set ``DGP_DEBUG=1`` to see the full traceback instead.
     """
     import os
-    import sys
 
     from dgp.allocator import keep_freed_memory
-    from dgp.cli import commands  # noqa: F401  (registers every command)
-    from dgp.reconstruct import ReconstructionError
+    from dgp.cli import commands  # noqa: F401  (registers every command, without importing torch)
 
     keep_freed_memory()  # the application's choice for the whole process (see dgp.allocator)
 
@@ -71,8 +80,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (ValueError, OSError, ReconstructionError) as exc:
-        if os.environ.get("DGP_DEBUG"):
+    except Exception as exc:
+        if not _is_input_error(exc) or os.environ.get("DGP_DEBUG"):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -22,17 +21,6 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 import dgp
-from dgp.batch.inputs import list_inputs
-from dgp.batch.runner import (
-    BATCH_TASKS,
-    KILL_ONCE_ENV,
-    OUTPUTS_FOLDER,
-    BatchEvent,
-    BatchSettings,
-    BatchSummary,
-    make_backend,
-    run_batch,
-)
 from dgp.cli import app
 from dgp.cli.restore import (
     CandOpt,
@@ -45,6 +33,10 @@ from dgp.cli.restore import (
     _device,
     _load,
 )
+from dgp.defaults import BATCH_TASKS
+
+if TYPE_CHECKING:
+    from dgp.batch.runner import BatchEvent, BatchSummary
 
 console = Console(stderr=True)
 out_console = Console()
@@ -181,6 +173,11 @@ def batch_command(
 
     A rerun of the same command skips restored images and retries failed ones.
     """
+    import torch
+
+    from dgp.batch.inputs import list_inputs
+    from dgp.batch.runner import KILL_ONCE_ENV, OUTPUTS_FOLDER, BatchSettings, make_backend, run_batch
+
     use_ray = ray is not None
     if use_ray:
         from dgp.batch.ray_backend import import_ray

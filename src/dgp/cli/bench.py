@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dgp.bench.quality import QUICK, QUICK_ABLATION_TASKS
 from dgp.cli import app
+from dgp.defaults import QUICK, QUICK_ABLATION_TASKS
 
 console = Console(stderr=True)
 bench_app = typer.Typer(help="Benchmarks: restoration quality against baselines.", no_args_is_help=True)

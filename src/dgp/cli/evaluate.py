@@ -6,16 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
 
-from dgp.classifier import load_classifier
-from dgp.data import ImageFolder
-from dgp.evaluation import class_samples, evaluate_prior
-from dgp.imageio import atomic_write, save_grid
-from dgp.priors.registry import DEFAULT_PRIOR, get_spec, list_priors, load_prior
 from dgp.cli.priors import priors_app
+from dgp.defaults import DEFAULT_PRIOR
 
 console = Console(stderr=True)
 
@@ -57,6 +52,14 @@ def evaluate_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Classifier accuracy on class-conditional samples, a classifier-feature Fréchet distance, a sample grid."""
+    import torch
+
+    from dgp.classifier import load_classifier
+    from dgp.data import ImageFolder
+    from dgp.evaluation import class_samples, evaluate_prior
+    from dgp.imageio import atomic_write, save_grid
+    from dgp.priors.registry import get_spec, list_priors, load_prior
+
     start = time.perf_counter()
     p = load_prior(prior, device=device)
     model, card = load_classifier(classifier, device=device)

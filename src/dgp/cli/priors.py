@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich import box
@@ -11,14 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dgp.cli import app
-from dgp.priors.registry import (
-    WEIGHTS_ENV,
-    PriorError,
-    PriorSpec,
-    check_weights_folder,
-    list_priors,
-    weights_folder,
-)
+from dgp.defaults import WEIGHTS_ENV
+
+if TYPE_CHECKING:
+    from dgp.priors.registry import PriorSpec
 
 priors_app = typer.Typer(help="Work with priors: list the known ones, check released BigGAN weights.",
                          no_args_is_help=True)
@@ -48,6 +44,8 @@ def _status(spec: PriorSpec, weights: Path | None) -> str:
 @priors_app.command("list")
 def list_command(weights: Path | None = WeightsOption) -> None:
     """Show the known priors, their files and whether they were found."""
+    from dgp.priors.registry import list_priors, weights_folder
+
     folder = weights_folder(weights)
     caption = (f"released weights folder: {folder}" if folder is not None
                else f"released weights folder: not set (--weights DIR or {WEIGHTS_ENV}=DIR)")
@@ -72,6 +70,8 @@ def check_command(
     folder: Path = typer.Argument(..., metavar="DIR", help="Folder with the released .pth files."),
 ) -> None:
     """Check released BigGAN files in DIR (names, keys, shapes) on the CPU, without loading them to a GPU."""
+    from dgp.priors.registry import PriorError, check_weights_folder
+
     try:
         results = check_weights_folder(folder)
     except PriorError as exc:

@@ -17,23 +17,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import dgp
 from dgp.cli import app
-from dgp.degradations import parse_degradation
-from dgp.imageio import load_image, save_grid, save_image
-from dgp.manipulate import JITTER_SIGMAS, jitter, morph, save_gif, transfer
-from dgp.pipeline import (Restoration, check_mask_fits, default_schedule, load_inputs, operators, preset_for,
-                          restore, run_record)
-from dgp.priors.registry import DEFAULT_PRIOR, Prior, load_prior
-from dgp.reconstruct import DGPReconstructor, Result, StepEvent
-from dgp.schedule import Schedule
+from dgp.defaults import DEFAULT_PRIOR, JITTER_SIGMAS
+
+if TYPE_CHECKING:
+    import torch
+
+    from dgp.pipeline import Restoration
+    from dgp.priors.registry import Prior
+    from dgp.reconstruct import Result, StepEvent
+    from dgp.schedule import Schedule
+
+# The commands import torch and the library where they run, not here: `dgp --help` and a mistyped command line
+# then answer without loading torch (about 1.5 s).
 
 console = Console(stderr=True)
 
@@ -60,6 +63,8 @@ def _out_option(help_text: str = "Output folder (default: <input>-<task>).") -> 
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -70,6 +75,8 @@ def _device(name: str) -> torch.device:
 
 
 def _load(prior: str, weights: Path | None, device: str) -> Prior:
+    from dgp.priors.registry import load_prior
+
     return load_prior(prior, weights=weights, device=_device(device))
 
 
@@ -118,6 +125,8 @@ def progress_callback(label: str) -> Iterator[Callable[[StepEvent], None]]:
 
 
 def _environment(device: str) -> dict[str, Any]:
+    import torch
+
     return {"dgp": dgp.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": device}
 
@@ -130,6 +139,12 @@ def _restore_command(task: str, image: Path, output: Path | None, degradation_te
                      prior_name: str, weights: Path | None, class_spec: str | None, preset: str | None,
                      iterations_scale: float | None, candidates: int | None, seed: int, device: str,
                      reference: Path | None, degrade: bool, overwrite: bool) -> None:
+    import torch
+
+    from dgp.degradations import parse_degradation
+    from dgp.pipeline import (check_mask_fits, default_schedule, load_inputs, operators, preset_for, restore,
+                              run_record)
+
     prior = _load(prior_name, weights, device)
     size = (prior.resolution, prior.resolution)
     degradation = parse_degradation(degradation_text, size=size, generator=torch.Generator().manual_seed(seed),
@@ -160,6 +175,10 @@ def _restore_command(task: str, image: Path, output: Path | None, degradation_te
 
 
 def _write_restoration(folder: Path, restoration: Restoration) -> None:
+    import torch
+
+    from dgp.imageio import save_grid, save_image
+
     r = restoration.result
     save_image(restoration.output, folder / "result.png")
     save_image(restoration.observation, folder / "observation.png")
@@ -291,6 +310,12 @@ def _reconstruct_for_editing(prior: Prior, images: list[Path], schedule: Schedul
                              seed: int, label: str) -> list[Result]:
     """Reconstruct ``images`` (no degradation), each from ``seed``, through the batched engine (one image: the
     single-image path; several: on a CPU each in a thread of its own), whose progress bar follows the first."""
+    import torch
+
+    from dgp.degradations import parse_degradation
+    from dgp.imageio import load_image
+    from dgp.reconstruct import DGPReconstructor
+
     size = (prior.resolution, prior.resolution)
     degradation = parse_degradation("id", size=size)
     class_ids = [prior.class_id(c) if c is not None else None for c in class_specs]
@@ -321,6 +346,12 @@ def jitter_command(
     device: str = DeviceOpt, overwrite: bool = OverwriteOpt,
 ) -> None:
     """Reconstruct an image, then render random variations z + sigma * eps around it."""
+    import torch
+
+    from dgp.imageio import save_grid, save_image
+    from dgp.manipulate import jitter
+    from dgp.pipeline import default_schedule
+
     values = _floats(sigmas, "--sigmas")
     p = _load(prior, weights, device)
     out = output or Path(f"{image.stem}-jitter")
@@ -353,6 +384,12 @@ def transfer_command(
     device: str = DeviceOpt, overwrite: bool = OverwriteOpt,
 ) -> None:
     """Category transfer: the reconstruction rendered with other class embeddings."""
+    import torch
+
+    from dgp.imageio import save_grid, save_image
+    from dgp.manipulate import transfer
+    from dgp.pipeline import default_schedule
+
     p = _load(prior, weights, device)
     targets = [p.class_id(t) for t in to]
     out = output or Path(f"{image.stem}-transfer")
@@ -386,6 +423,10 @@ def morph_command(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Morph between two images: interpolate z, class embedding and the tuned generators."""
+    from dgp.imageio import save_grid, save_image
+    from dgp.manipulate import morph, save_gif
+    from dgp.pipeline import default_schedule
+
     p = _load(prior, weights, device)
     out = output or Path(f"{first.stem}-{second.stem}-morph")
     if out.exists() and not overwrite:
@@ -415,6 +456,8 @@ def sample_command(
     device: str = DeviceOpt, overwrite: bool = OverwriteOpt,
 ) -> None:
     """Draw samples of one class from a prior: a first look at what a prior knows."""
+    from dgp.imageio import save_grid, save_image
+
     p = _load(prior, weights, device)
     c = p.class_id(class_)
     images = sample_images(p, c, n, seed, truncation)
@@ -427,18 +470,20 @@ def sample_command(
     console.print(f"wrote {output} ({n} samples of class {c} {p.class_names[c]!r})", highlight=False)
 
 
-@torch.no_grad()
 def sample_images(prior: Prior, class_id: int, n: int, seed: int, std: float = 1.0,
                   batch_size: int = 64) -> torch.Tensor:
     """``n`` samples ``(n, 3, R, R)`` of one class, drawn with a generator seeded by ``seed``."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     G = prior.G
     device = prior.device
     out = []
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        z = (torch.randn(m, G.dim_z, generator=generator) * std).to(device)
-        out.append(G(z, G.shared(torch.full((m,), class_id, device=device))).cpu())
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            z = (torch.randn(m, G.dim_z, generator=generator) * std).to(device)
+            out.append(G(z, G.shared(torch.full((m,), class_id, device=device))).cpu())
     return torch.cat(out)
 
 

@@ -9,7 +9,7 @@ from types import FrameType
 import typer
 
 from dgp.cli import app
-from dgp.priors.registry import DEFAULT_PRIOR
+from dgp.defaults import DEFAULT_PRIOR
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -7,16 +7,17 @@ import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
 from dgp.cli import app
-from dgp.imageio import ImageError
+
+if TYPE_CHECKING:
+    import torch
 
 train_app = typer.Typer(help="Train a prior or a classifier on an image folder.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -33,6 +34,8 @@ def _fail(message: str, code: int = RUN_ERROR) -> NoReturn:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -60,6 +63,8 @@ def _ignored_on_resume(given: dict[str, Any]) -> None:
 
 def _run_guarded(train: Callable[[], Any]) -> Any:
     """Run ``train`` turning expected failures into one-line errors."""
+    from dgp.imageio import ImageError
+
     try:
         return train()
     except (FileExistsError, FileNotFoundError) as exc:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from dgp.defaults import DEFAULT_PRIOR, WEIGHTS_ENV
 from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
 from dgp.priors.checkpoint import (
     CheckpointError,
@@ -33,9 +34,6 @@ from dgp.priors.checkpoint import (
     model_shapes,
     read_torch_file,
 )
-
-DEFAULT_PRIOR = "cifar10"
-WEIGHTS_ENV = "DGP_WEIGHTS"
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PACKAGED_PRIORS = ASSETS / "priors"
