@@ -47,9 +47,8 @@ from dgp.defaults import BATCH_TASKS, TASKS
 from dgp.degradations import Degradation, parse_degradation
 from dgp.imageio import atomic_write, save_image
 from dgp.pipeline import default_schedule, finish, load_inputs, preset_for, restore
-from dgp.reconstruct import DGPReconstructor
 from dgp.priors.registry import Prior
-from dgp.reconstruct import ReconstructionError
+from dgp.reconstruct import DGPReconstructor, ReconstructionError
 from dgp.schedule import Schedule
 
 SETTINGS_NAME = "batch.json"
