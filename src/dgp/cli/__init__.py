@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from dgp.defaults import BATCH_TASKS
+
 app = typer.Typer(
     name="dgp",
     help="Deep Generative Prior: restore and edit images with a pretrained BigGAN.",
@@ -13,10 +15,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-# Commands that restore one image, whose users may have meant `dgp batch` when they give several.
-SINGLE_IMAGE_TASKS = ("colorize", "inpaint", "super-resolve", "denoise", "restore", "reconstruct")
 
 
 def _show_version(value: bool) -> None:
@@ -70,7 +68,8 @@ def main() -> None:
         command = ctx.command_path if ctx is not None else "dgp"
         message = " ".join(exc.format_message().split())
         hint = f"see `{command} --help`"
-        if message.startswith("Got unexpected extra argument") and command.split()[-1] in SINGLE_IMAGE_TASKS:
+        # the tasks of `dgp batch` are the commands that restore one image: several given meant `dgp batch`
+        if message.startswith("Got unexpected extra argument") and command.split()[-1] in BATCH_TASKS:
             hint = "it restores one image; `dgp batch` restores several at once, see `dgp batch --help`"
         print(f"error: {message} ({hint})", file=sys.stderr)
         sys.exit(2)
