@@ -6,8 +6,9 @@ Usage::
         [--imagenet-repeats 2] [--system-allocator] [-o docs/performance.md]
 
 Prints, for the shipped prior and for the 128-pixel ImageNet BigGAN architecture with random weights:
-ms per iteration (single image, lean and reference loops), images per second for batch sizes 1, 4, 16, 64,
-latent-search time for 500 candidates, peak resident memory, FLOPs per iteration (counted by
+ms per iteration (a step of a single image, lean and reference loops, set-up excluded), the set-up, images per
+second for batch sizes 1, 4, 16, 64 (of whole reconstructions, and of their steps alone), latent-search time for
+500 candidates, peak resident memory, FLOPs per iteration (counted by
 ``torch.utils.flop_counter``), the achieved GFLOP/s and its fraction of this machine's convolution peak
 (measured in the same run). Writes a Markdown report and, when matplotlib is installed, a throughput plot.
 
@@ -34,10 +35,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dgp.allocator import keep_freed_memory
-from dgp.degradations import parse_degradation
+from dgp.degradations import Degradation, parse_degradation
 from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
 from dgp.priors.registry import Prior, load_prior
 from dgp.reconstruct import DGPReconstructor
@@ -101,11 +103,17 @@ def _im2col_conv_backward_flops(grad_shape: list[int], x_shape: list[int], w_sha
     return conv_flop_count(x_shape, w_shape, grad_shape) * sum(map(bool, output_mask[:2]))
 
 
+def _observation(prior: Prior) -> tuple[Degradation, Tensor, Tensor]:
+    """The benchmark's degradation (grayscale), a clean all-zero image and its observation."""
+    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
+    clean = torch.zeros(1, 3, prior.resolution, prior.resolution)
+    return deg, clean, deg.observe(clean)
+
+
 def flops_per_iteration(prior: Prior) -> float:
     """FLOPs of one optimisation step (G forward, degradation, D forward, backward), counted by PyTorch as the
     difference between runs of 2 and 1 steps (so set-up work such as the target's features cancels out)."""
-    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
-    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    deg, _, obs = _observation(prior)
     totals = []
     for steps in (1, 2):
         counter = FlopCounterMode(display=False, custom_mapping={
@@ -118,46 +126,48 @@ def flops_per_iteration(prior: Prior) -> float:
     return totals[1] - totals[0]
 
 
-def time_single(prior: Prior, iterations: int) -> float:
-    """Seconds per iteration of the lean single-image path (after a warm-up)."""
-    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
-    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
-    rec = DGPReconstructor(prior, one_stage(iterations))
-    DGPReconstructor(prior, one_stage(2))(obs, deg, 0)
+def run_seconds(prior: Prior, path: str, batch: int, iterations: int) -> float:
+    """Wall seconds of one whole reconstruction of ``iterations`` fully-open steps, set-up included: ``path``
+    is ``"lean"`` (``DGPReconstructor``; with ``batch`` > 1 its batched engine, as the ``dgp`` command runs it)
+    or ``"reference"`` (the naive loop, one image, metrics and target features every step)."""
+    deg, clean, obs = _observation(prior)
     start = time.perf_counter()
-    rec(obs, deg, 0)
-    return (time.perf_counter() - start) / iterations
-
-
-def time_reference(prior: Prior, iterations: int) -> float:
-    """Seconds per iteration of the naive reference loop (metrics and target features every step)."""
-    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
-    clean = torch.zeros(1, 3, prior.resolution, prior.resolution)
-    obs = deg.observe(clean)
-    start = time.perf_counter()
-    reference_reconstruct(prior, one_stage(iterations), obs, deg, 0, torch.Generator().manual_seed(0),
-                          reference=clean)
-    return (time.perf_counter() - start) / iterations
-
-
-def images_per_second(prior: Prior, batch: int, iterations: int) -> float:
-    """Throughput of the batched path, counting ``iterations`` steps as one image's work."""
-    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
-    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
-    rec = DGPReconstructor(prior, one_stage(iterations))
-    DGPReconstructor(prior, one_stage(1)).batch([obs] * batch, deg, [0] * batch)
-    start = time.perf_counter()
-    if batch == 1:
-        rec(obs, deg, 0)
+    if path == "reference":
+        reference_reconstruct(prior, one_stage(iterations), obs, deg, 0, torch.Generator().manual_seed(0),
+                              reference=clean)
+    elif batch == 1:
+        DGPReconstructor(prior, one_stage(iterations))(obs, deg, 0)
     else:
-        rec.batch([obs] * batch, deg, [0] * batch)
-    return batch / (time.perf_counter() - start)
+        DGPReconstructor(prior, one_stage(iterations)).batch([obs] * batch, deg, [0] * batch)
+    return time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Timing:
+    """One round's timing of a path: a whole ``iterations``-step reconstruction (``whole``, seconds), and
+    from it and a 1-step run, the seconds of a step alone (``step``) and of the set-up (``setup``: copies of G,
+    recordings, target features, results)."""
+
+    whole: float
+    step: float
+    setup: float
+
+
+def time_path(prior: Prior, path: str, batch: int, iterations: int) -> Timing:
+    """Times ``path`` (:func:`run_seconds`) after a 1-step warm-up: a 1-step run, then an ``iterations``-step
+    run; a step is their difference over ``iterations - 1`` steps."""
+    if iterations < 2:
+        raise ValueError("timing a step alone needs runs of at least 2 iterations")
+    run_seconds(prior, path, batch, 1)  # warm-up: oneDNN builds its kernels for new shapes on first use
+    one = run_seconds(prior, path, batch, 1)
+    whole = run_seconds(prior, path, batch, iterations)
+    step = max(whole - one, 0.0) / (iterations - 1)
+    return Timing(whole, step, max(one - step, 0.0))
 
 
 def search_seconds(prior: Prior, candidates: int, reference: bool = False) -> float:
     """Seconds of the latent search over ``candidates`` (batched, or one at a time as the original)."""
-    deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
-    obs = deg.observe(torch.zeros(1, 3, prior.resolution, prior.resolution))
+    deg, _, obs = _observation(prior)
     schedule = dataclasses.replace(one_stage(1), n_candidates=candidates)
     start = time.perf_counter()
     if reference:
@@ -196,38 +206,48 @@ def random_imagenet_128() -> Prior:
 def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: int, candidates: int,
             reference_iterations: int, full_preset: bool, repeats: int = 1) -> dict:
     """Every figure of one prior; the single-image, reference-loop and batched timings are medians of
-    ``repeats`` interleaved rounds, the full colorization preset the median of up to 3 runs.
+    ``repeats`` interleaved rounds (:func:`time_path`; one image's batch throughput is the single-image
+    path's run), the full colorization preset the median of up to 3 runs.
 
     Each round also measures the conv peak (appended to ``peaks``), so that every batch size's fraction of
     the peak is also taken against the peak of its own round, seconds apart (``fraction_of_peak_by_round``).
     """
     row: dict = {"prior": prior.name, "resolution": prior.resolution, "repeats": repeats, "iterations": iterations}
-    singles: list[float] = []
-    references: list[float] = []
-    runs: dict[int, list[float]] = {b: [] for b in batches}
+    singles: list[Timing] = []
+    references: list[Timing] = []
+    runs: dict[int, list[Timing]] = {b: [] for b in batches}
     round_peaks: list[float] = []
     for _ in range(repeats):
-        singles.append(time_single(prior, iterations))
-        references.append(time_reference(prior, reference_iterations))
+        singles.append(time_path(prior, "lean", 1, iterations))
+        references.append(time_path(prior, "reference", 1, reference_iterations))
         round_peaks.append(conv_peak_gflops(1.0))
         for b in batches:
-            runs[b].append(images_per_second(prior, b, iterations))
+            runs[b].append(singles[-1] if b == 1 else time_path(prior, "lean", b, iterations))
     peaks += round_peaks
-    single = statistics.median(singles)
-    ref = statistics.median(references)
+    steps = [t.step for t in singles]
+    reference_steps = [t.step for t in references]
+    single, ref = statistics.median(steps), statistics.median(reference_steps)
     flops = flops_per_iteration(prior)
-    row.update(ms_per_iteration=1e3 * single, ms_per_iteration_range=(1e3 * min(singles), 1e3 * max(singles)),
+    row.update(ms_per_iteration=1e3 * single, ms_per_iteration_range=(1e3 * min(steps), 1e3 * max(steps)),
+               setup_seconds=statistics.median(t.setup for t in singles),
                reference_ms_per_iteration=1e3 * ref,
-               reference_ms_per_iteration_range=(1e3 * min(references), 1e3 * max(references)),
+               reference_ms_per_iteration_range=(1e3 * min(reference_steps), 1e3 * max(reference_steps)),
                speedup=ref / single, gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9)
-    row["images_per_second"] = {b: statistics.median(r) for b, r in runs.items()}
-    row["images_per_second_range"] = {b: (min(r), max(r)) for b, r in runs.items()}
+    whole = {b: [b / t.whole for t in r] for b, r in runs.items()}  # images/s of whole reconstructions
+    alone = {b: [b / t.step for t in r] for b, r in runs.items()}  # images/s of the steps alone
+    row["images_per_second"] = {b: statistics.median(r) for b, r in whole.items()}
+    row["images_per_second_range"] = {b: (min(r), max(r)) for b, r in whole.items()}
+    row["step_images_per_second"] = {b: statistics.median(r) for b, r in alone.items()}
+    row["setup_seconds_by_batch"] = {b: statistics.median(t.setup for t in r) for b, r in runs.items()}
     if 1 in runs:  # the batch speed-up within each round, where both sizes ran a few seconds apart
-        row["speedup_by_round"] = {b: [r / one for r, one in zip(runs[b], runs[1])] for b in batches}
+        row["speedup_by_round"] = {b: [r / one for r, one in zip(whole[b], whole[1])] for b in batches}
     row["batched_gflops"] = {b: flops * iterations * ips / 1e9 for b, ips in row["images_per_second"].items()}
+    row["step_gflops"] = {b: flops * ips / 1e9 for b, ips in row["step_images_per_second"].items()}
     row["round_peaks"] = round_peaks
     row["fraction_of_peak_by_round"] = {b: [flops * iterations * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
-                                        for b, r in runs.items()}
+                                        for b, r in whole.items()}
+    row["step_fraction_of_peak_by_round"] = {b: [flops * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
+                                             for b, r in alone.items()}
     row["search_seconds"] = search_seconds(prior, candidates)
     row["reference_search_seconds"] = search_seconds(prior, candidates, reference=True)
     if full_preset:
@@ -262,14 +282,21 @@ def targets(row: dict, peak: float) -> list[str]:
         paired = statistics.median(by_round)
         lines.append(f"| the same against each round's own peak, median of rounds | {100 * paired:.1f}% (rounds: "
                      f"{', '.join(f'{100 * f:.1f}%' for f in by_round)}) | {'yes' if paired >= 0.4 else 'no'} |")
-    lines.append(f"| lean path faster than the naive loop | {row['speedup']:.2f}x | "
+    step = row.get("step_gflops", {}).get(best[0])
+    if step is not None:
+        by_round = row["step_fraction_of_peak_by_round"][best[0]]
+        lines.append(f"| the same for a step alone, set-up excluded (the run's median peak) | {100 * step / peak:.1f}% "
+                     f"(B={best[0]}; against each round's own peak: "
+                     f"{', '.join(f'{100 * f:.1f}%' for f in by_round)}) | {'yes' if step >= 0.4 * peak else 'no'} |")
+    lines.append(f"| lean path faster than the naive loop (a step) | {row['speedup']:.2f}x | "
                  f"{'yes' if row['speedup'] > 1 else 'no'} |")
     if 16 in ips and 1 in ips:
         lines += ["", f"Each throughput counts a reconstruction's set-up (copies of G, recordings, target features, "
                   f"results) in its {row['iterations']} iterations, which favours the batch, whose set-up is shared "
-                  "by its images; a preset runs 250-350 iterations. The ratio of a step alone, set-up excluded, is "
-                  "in [profile.md](profile.md) (part 3); whole colorizations of 16 images, batched and one at a "
-                  "time, in [batch-performance.md](batch-performance.md)."]
+                  "by its images; a preset runs 250-350 iterations. Set-up excluded, a step of 16 images gives "
+                  f"{row['step_images_per_second'][16] / row['step_images_per_second'][1]:.2f}x the images/s of "
+                  "one image's step (the tables below give every batch size's step alone); whole colorizations of "
+                  "16 images, batched and one at a time, are in [batch-performance.md](batch-performance.md)."]
     if 1 in ips:
         single = row["batched_gflops"][1] / peak
         lines += ["", f"The batch speed-up has a ceiling: one image at a time already runs at {100 * single:.1f}% of "
@@ -295,8 +322,11 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
              + " Single-image, reference-loop and batched timings are medians of interleaved rounds ("
              + (f"{repeats} for the first prior, {rows[-1].get('repeats', 1)} for the second" if len(rows) > 1
                 else f"{repeats}")
-             + "), with the range; each includes its reconstruction's set-up (copy of G, target features, "
-             "results).", ""]
+             + "), with the range. Each path is timed by a 1-step and an N-step reconstruction after a 1-step "
+             "warm-up: ms per iteration and the columns for a step alone are their difference over N - 1 steps "
+             "(set-up excluded), the set-up is the 1-step run less a step (copies of G, recordings, target "
+             "features, results), and the images/s of a batch count its whole N-step reconstruction, set-up "
+             "included; one image's batch figures are the lean single-image path's runs.", ""]
     lines += targets(rows[0], peak)
     for r in rows:
         lo, hi = r.get("ms_per_iteration_range", (r["ms_per_iteration"],) * 2)
@@ -304,9 +334,12 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
         lo, hi = r.get("reference_ms_per_iteration_range", (r["reference_ms_per_iteration"],) * 2)
         ref_spread = f" ({lo:.1f}-{hi:.1f})" if r.get("repeats", 1) > 1 else ""
         lines += [f"## {r['prior']} ({r['resolution']} px)", "", "| figure | value |", "| --- | --- |",
-                  f"| ms per iteration, lean single-image path | {r['ms_per_iteration']:.1f}{spread} |",
-                  f"| ms per iteration, naive reference loop | {r['reference_ms_per_iteration']:.1f}{ref_spread} |",
-                  f"| speed-up of the lean path | {r['speedup']:.2f}x |",
+                  f"| ms per iteration, lean single-image path (a step, set-up excluded) | "
+                  f"{r['ms_per_iteration']:.1f}{spread} |",
+                  f"| set-up of one image's reconstruction, lean path | {1e3 * r['setup_seconds']:.0f} ms |",
+                  f"| ms per iteration, naive reference loop (a step) | {r['reference_ms_per_iteration']:.1f}"
+                  f"{ref_spread} |",
+                  f"| speed-up of the lean path (a step) | {r['speedup']:.2f}x |",
                   f"| GFLOP per iteration (counted) | {r['gflop_per_iteration']:.3f} |",
                   f"| achieved GFLOP/s, single image | {r['achieved_gflops']:.2f} "
                   f"({100 * r['achieved_gflops'] / peak:.1f}% of peak) |",
@@ -317,14 +350,18 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
             lines.append(f"| full colorization preset (search + stages), median of runs | "
                          f"{r['colorization_preset_seconds']:.1f} s ({lo:.1f}-{hi:.1f}) |")
         lines.append(f"| peak resident memory of the process so far | {r['peak_rss_mb']:.0f} MB |")
-        lines += ["", "| batch size | images/s | range | speed-up vs B=1 | GFLOP/s | % of peak |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", f"| batch size | images/s ({r['iterations']} iterations) | range | speed-up vs B=1 | GFLOP/s | "
+                  "% of peak | a step alone: images/s | speed-up vs B=1 | % of peak | set-up s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         base = r["images_per_second"][min(r["images_per_second"])]
+        step_base = r["step_images_per_second"][min(r["step_images_per_second"])]
         for b, ips in r["images_per_second"].items():
-            g = r["batched_gflops"][b]
+            g, step_ips = r["batched_gflops"][b], r["step_images_per_second"][b]
             lo, hi = r.get("images_per_second_range", {}).get(b, (ips, ips))
             spread = f"{lo:.3f}-{hi:.3f}" if r.get("repeats", 1) > 1 else "-"
-            lines.append(f"| {b} | {ips:.3f} | {spread} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% |")
+            lines.append(f"| {b} | {ips:.3f} | {spread} | {ips / base:.2f}x | {g:.2f} | {100 * g / peak:.1f}% | "
+                         f"{step_ips:.3f} | {step_ips / step_base:.2f}x | {100 * r['step_gflops'][b] / peak:.1f}% | "
+                         f"{r['setup_seconds_by_batch'][b]:.2f} |")
         if "batch_note" in r:
             lines += ["", r["batch_note"]]
         lines.append("")
