@@ -110,10 +110,13 @@ def _observation(prior: Prior) -> tuple[Degradation, Tensor, Tensor]:
     return deg, clean, deg.observe(clean)
 
 
-def flops_per_iteration(prior: Prior) -> float:
-    """FLOPs of one optimisation step (G forward, degradation, D forward, backward), counted by PyTorch as the
-    difference between runs of 2 and 1 steps (so set-up work such as the target's features cancels out)."""
-    deg, _, obs = _observation(prior)
+def flops_per_iteration(prior: Prior, path: str = "lean") -> float:
+    """FLOPs of one optimisation step (G forward, degradation, D forward, backward) of ``path`` (``"lean"``
+    or ``"reference"``: the naive loop, which also recomputes the target's features every step and computes
+    the gradients of D's weights and of G's untuned ones, as the original did), counted by
+    PyTorch as the difference between runs of 2 and 1 steps (so set-up work such as the lean path's target
+    features cancels out)."""
+    deg, clean, obs = _observation(prior)
     totals = []
     for steps in (1, 2):
         counter = FlopCounterMode(display=False, custom_mapping={
@@ -121,7 +124,11 @@ def flops_per_iteration(prior: Prior) -> float:
             torch.ops.aten._slow_conv2d_backward: _im2col_conv_backward_flops})
         counter.mod_tracker = _NoModules()
         with counter:
-            DGPReconstructor(prior, one_stage(steps))(obs, deg, 0)
+            if path == "reference":
+                reference_reconstruct(prior, one_stage(steps), obs, deg, 0, torch.Generator().manual_seed(0),
+                                      reference=clean)
+            else:
+                DGPReconstructor(prior, one_stage(steps))(obs, deg, 0)
         totals.append(float(counter.get_total_flops()))
     return totals[1] - totals[0]
 
@@ -227,12 +234,17 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
     steps = [t.step for t in singles]
     reference_steps = [t.step for t in references]
     single, ref = statistics.median(steps), statistics.median(reference_steps)
-    flops = flops_per_iteration(prior)
+    flops, reference_flops = flops_per_iteration(prior), flops_per_iteration(prior, "reference")
+    reference_setup = statistics.median(t.setup for t in references)
     row.update(ms_per_iteration=1e3 * single, ms_per_iteration_range=(1e3 * min(steps), 1e3 * max(steps)),
                setup_seconds=statistics.median(t.setup for t in singles),
                reference_ms_per_iteration=1e3 * ref,
                reference_ms_per_iteration_range=(1e3 * min(reference_steps), 1e3 * max(reference_steps)),
-               speedup=ref / single, gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9)
+               reference_setup_seconds=reference_setup,
+               # one image at a time, as the original restores them: set-up plus ``iterations`` steps
+               reference_images_per_second=1 / (reference_setup + iterations * ref),
+               speedup=ref / single, gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9,
+               reference_gflop_per_iteration=reference_flops / 1e9, reference_achieved_gflops=reference_flops / ref / 1e9)
     whole = {b: [b / t.whole for t in r] for b, r in runs.items()}  # images/s of whole reconstructions
     alone = {b: [b / t.step for t in r] for b, r in runs.items()}  # images/s of the steps alone
     row["images_per_second"] = {b: statistics.median(r) for b, r in whole.items()}
@@ -339,10 +351,18 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
                   f"| set-up of one image's reconstruction, lean path | {1e3 * r['setup_seconds']:.0f} ms |",
                   f"| ms per iteration, naive reference loop (a step) | {r['reference_ms_per_iteration']:.1f}"
                   f"{ref_spread} |",
+                  f"| set-up of one image's reconstruction, naive loop | {1e3 * r['reference_setup_seconds']:.0f} ms |",
                   f"| speed-up of the lean path (a step) | {r['speedup']:.2f}x |",
                   f"| GFLOP per iteration (counted) | {r['gflop_per_iteration']:.3f} |",
+                  f"| GFLOP per iteration, naive loop (counted: it also recomputes the target's features and "
+                  f"computes the gradients of D's and G's untuned weights) | "
+                  f"{r['reference_gflop_per_iteration']:.3f} |",
                   f"| achieved GFLOP/s, single image | {r['achieved_gflops']:.2f} "
                   f"({100 * r['achieved_gflops'] / peak:.1f}% of peak) |",
+                  f"| achieved GFLOP/s, naive loop (its own FLOPs) | {r['reference_achieved_gflops']:.2f} "
+                  f"({100 * r['reference_achieved_gflops'] / peak:.1f}% of peak) |",
+                  f"| images/s, naive loop, one image at a time ({r['iterations']} iterations: its set-up and "
+                  f"steps) | {r['reference_images_per_second']:.3f} |",
                   f"| latent search, {r.get('candidates', 500)} candidates, batched | {r['search_seconds']:.2f} s |",
                   f"| latent search, one at a time (reference) | {r['reference_search_seconds']:.2f} s |"]
         if "colorization_preset_seconds" in r:
