@@ -244,7 +244,8 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
                # one image at a time, as the original restores them: set-up plus ``iterations`` steps
                reference_images_per_second=1 / (reference_setup + iterations * ref),
                speedup=ref / single, gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9,
-               reference_gflop_per_iteration=reference_flops / 1e9, reference_achieved_gflops=reference_flops / ref / 1e9)
+               reference_gflop_per_iteration=reference_flops / 1e9,
+               reference_achieved_gflops=reference_flops / ref / 1e9)
     whole = {b: [b / t.whole for t in r] for b, r in runs.items()}  # images/s of whole reconstructions
     alone = {b: [b / t.step for t in r] for b, r in runs.items()}  # images/s of the steps alone
     row["images_per_second"] = {b: statistics.median(r) for b, r in whole.items()}
