@@ -59,6 +59,7 @@ class _Weights:
             u = torch.stack([m.u0 for _, m in group]).unsqueeze(1)  # (k, 1, 1, out)
             for (name, _), value in zip(group, eval_inverse_sigma(w, u, group[0][1].sn_eps).unbind(0)):
                 self.inverse_sigmas[name] = value
+        self.grouped = set(self.inverse_sigmas)
 
     def stacked(self, module: torch.nn.Module, attribute: str) -> Tensor | None:
         """The per-image ``(B, ...)`` tensor ``attribute`` of ``module``, or ``None`` when it is shared."""
@@ -70,6 +71,11 @@ class _Weights:
         if value is not None:
             return value, True
         return getattr(module, attribute), False
+
+    def shares_power_iteration(self, layer: SpectralNorm) -> bool:
+        """Whether the layer's per-image weights are normalised in a batched power iteration with other layers'
+        (their inverse singular values computed when the pass began)."""
+        return self.names[id(layer)] in self.grouped
 
     def inverse_sigma(self, layer: SpectralNorm) -> Tensor:
         """``(B,)`` inverse singular values of a spectral-norm layer with per-image weights."""
@@ -90,16 +96,36 @@ def _per_image(v: Tensor, dims: int) -> Tensor:
 # backward. Alternating rounds in one process: a step 1.9% and 3.2% faster for a group of 8 images on one thread
 # (10 and 6 rounds), 1.3% and 3.4% for 32 (6 and 6), 1.4% and 2.2% for 16 images through the engine, -0.2% and
 # 2.3% for 64; same-shaped layers stacked into one such product gained nothing more (1.000x for 8, 1.006x for 16).
-def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
-    """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, inputs ``x`` ``(N, in)`` and the layer's
-    ``u`` ``(1, out)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
+class _NormalizedLinear(torch.autograd.Function):
+    """``x[i] W[i]^T / sigma(W[i])`` for weights ``w`` ``(N, out, in)``, the layer's ``u`` ``(1, out)`` and inputs
+    ``x`` ``(N, in)``, shape ``(N, out)``: sigma from one power iteration as in eval mode
     (:func:`~dgp.priors.layers.eval_inverse_sigma`, ``|a W^T| / |a|`` with ``a = u W`` held constant), its
-    product ``a W^T`` and the layer's ``x W^T`` as one product with two columns, so that the weights are read
-    once for both and their gradient is written in one product."""
-    a = u @ w.detach()  # (N, 1, in)
-    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
-    both = torch.bmm(w, torch.cat([a, x.unsqueeze(1)], dim=1).transpose(1, 2))  # (N, out, 2)
-    return both[..., 1] * (a_norm / torch.linalg.vector_norm(both[..., 0], dim=-1)).unsqueeze(1)
+    product ``a W^T`` and the layer's ``x W^T`` as one product of two rows with the weights (on a CPU several
+    times faster than the weights times two columns), the weights' gradient as one product too (rank two)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:  # noqa: ANN001
+        a = u @ w  # (N, 1, in)
+        rows = torch.cat([a, x.unsqueeze(1)], dim=1)  # (N, 2, in)
+        both = torch.bmm(rows, w.transpose(1, 2))  # (N, 2, out): a W^T and x W^T
+        inverse = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps) / torch.linalg.vector_norm(
+            both[:, 0], dim=-1)
+        ctx.save_for_backward(w, rows, both, inverse)
+        return both[:, 1] * inverse.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        w, rows, both, inverse = ctx.saved_tensors
+        need_w, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        grad_y = grad * inverse.unsqueeze(1)  # of x W^T
+        grad_w = grad_x = None
+        if need_w:  # through x W^T and through 1 / sigma (a held constant)
+            row = both[:, 0]
+            coefficient = -(grad * both[:, 1]).sum(1) * inverse / row.square().sum(1)
+            grad_w = torch.bmm(torch.stack([row * coefficient.unsqueeze(1), grad_y], dim=2), rows)
+        if need_x:
+            grad_x = torch.bmm(grad_y.unsqueeze(1), w).squeeze(1)
+        return grad_w, None, None, grad_x
 
 
 def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
@@ -108,35 +134,138 @@ def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    out = _normalized_rows(w, layer.u0, layer.sn_eps, x)
+    out = _NormalizedLinear.apply(w, layer.u0, layer.sn_eps, x)
     return out if bias is None else out + bias
 
 
-class _UpsampledConv(torch.autograd.Function):
-    """Per-image stride-2 transposed convolutions with 4x4 kernels: ``x`` ``(B, in, H, W)``, ``kernels``
-    ``(B, in, out, 4, 4)`` and ``bias`` ``(B, out)`` or ``None`` to ``(B, out, 2H, 2W)``.
+def _sigma_parts(w: Tensor, u: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(inverse sigma (B,), a (B, 1, n), a W^T (B, 1, out))`` of per-image weights ``w`` ``(B, out, n)`` with
+    the layer's ``u`` ``(1, out)``: eval mode's one power iteration (:func:`~dgp.priors.layers.eval_inverse_sigma`,
+    ``|a| / |a W^T|`` with ``a = u W`` held constant). Both are products of a row with the weights (on a CPU
+    about twice as fast as a weight times a column)."""
+    a = u @ w
+    row = torch.bmm(a, w.transpose(1, 2))
+    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+    return a_norm / torch.linalg.vector_norm(row, dim=(-2, -1)), a, row
 
-    On a CPU the forward pass is fastest one image at a time, the backward pass as one grouped transposed
-    convolution (its data and weight gradients in one call, with no per-image slices to gather)."""
+
+def _add_sigma_gradient(grad_w: Tensor, grad_inverse: Tensor, inverse: Tensor, a: Tensor, row: Tensor) -> Tensor:
+    """Add, in place, the gradient through ``1 / sigma`` to ``grad_w`` ``(B, out, ...)``: ``grad_inverse``
+    ``(B,)`` (the loss's derivative with respect to each image's ``1 / sigma``) times its derivative with respect
+    to the weights, ``-(1/sigma) / |a W^T|^2 (a W^T)^T a`` (rank one: ``a`` is held constant)."""
+    b, _, out = row.shape
+    coefficient = -grad_inverse * inverse / row.square().sum((1, 2))
+    grad_w.view(b, out, -1).addcmul_((row * coefficient[:, None, None]).transpose(1, 2), a)
+    return grad_w
+
+
+class _NormalizedConv(torch.autograd.Function):
+    """Per-image convolutions divided by their weights' spectral norms, the norms' gradients written straight
+    into the weights' (one rank-one update) instead of through autograd's products, sums and copies:
+    ``x`` ``(B, in, H, W)``, raw ``w`` ``(B, out, in, k, k)``, ``bias`` ``(B, out)`` or ``None``, the layer's
+    ``u`` ``(1, out)`` to ``(B, out, H', W')``, as one grouped convolution. With ``scale_output`` the
+    convolution's output is divided by sigma (less work where an output plane is smaller than a filter, G's 8-
+    and 16-px layers), otherwise the weights are."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernels: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, kernels)
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, u: Tensor, eps: float,  # noqa: ANN001
+                stride: tuple[int, int], padding: tuple[int, int], scale_output: bool) -> Tensor:
+        b = x.shape[0]
+        inverse, a, row = _sigma_parts(w.flatten(2), u, eps)
+        flat_x = x.reshape(1, -1, *x.shape[2:])
+        if scale_output:
+            kernel = w
+            unscaled = F.conv2d(flat_x, w.flatten(0, 1), None, stride, padding, groups=b)
+            unscaled = unscaled.reshape(b, -1, *unscaled.shape[2:])
+            scale = _per_image(inverse, 3)
+            out = unscaled * scale if bias is None else torch.addcmul(bias[:, :, None, None], unscaled, scale)
+            saved: tuple[Tensor, ...] = (unscaled,)  # the gradient of 1 / sigma: its product with the gradient
+        else:
+            kernel = w * _per_image(inverse, w.dim() - 1)
+            out = F.conv2d(flat_x, kernel.flatten(0, 1), None if bias is None else bias.flatten(), stride, padding,
+                           groups=b)
+            out = out.reshape(b, -1, *out.shape[2:])
+            saved = ()
+        ctx.save_for_backward(x, w, kernel, inverse, a, row, *saved)
+        ctx.settings = (stride, padding, scale_output, bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        x, w, kernel, inverse, a, row, *unscaled = ctx.saved_tensors
+        stride, padding, scale_output, has_bias = ctx.settings
+        b = x.shape[0]
+        need_x, need_w, need_bias = ctx.needs_input_grad[:3]
+        conv_grad = grad * _per_image(inverse, 3) if scale_output else grad  # at the convolution's output
+        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+            conv_grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernel.flatten(0, 1),
+            [grad.shape[0] * grad.shape[1]] if has_bias else None, list(stride), list(padding), [1, 1], False,
+            [0, 0], b, [need_x, need_w, need_bias and not scale_output])
+        if need_bias and scale_output:
+            grad_bias = grad.sum((2, 3))
+        if need_w:
+            grad_w = grad_w.view_as(w)
+            if scale_output:  # grad_w is already the gradient of w itself
+                grad_inverse = torch.linalg.vecdot(grad.flatten(1), unscaled[0].flatten(1))
+            else:  # grad_w is the gradient of w / sigma
+                grad_inverse = torch.linalg.vecdot(grad_w.view(b, -1), w.view(b, -1))
+                grad_w.mul_(_per_image(inverse, w.dim() - 1))
+            _add_sigma_gradient(grad_w, grad_inverse, inverse, a, row)
+        return (None if grad_x is None else grad_x.view_as(x), grad_w,
+                None if grad_bias is None else grad_bias.view(b, -1), None, None, None, None, None)
+
+
+class _UpsampledConv(torch.autograd.Function):
+    """Per-image stride-2 transposed convolutions with 4x4 kernels summed from 3x3 ones (a 3x3 convolution of
+    the 2x nearest-upsampled image, :func:`~dgp.priors.layers.upsampled_conv3x3`): ``x`` ``(B, in, H, W)``,
+    ``w`` ``(B, out, in, 3, 3)``, ``bias`` ``(B, out)`` or ``None``, the ``(9, 16)`` ``taps``, and the layer's
+    ``u`` ``(1, out)`` to divide ``w`` by its spectral norm (``None``: ``w`` is used as it is) to
+    ``(B, out, 2H, 2W)``.
+
+    On a CPU the forward pass is fastest one image at a time, the backward pass as one grouped transposed
+    convolution (its data and weight gradients in one call, with no per-image slices to gather); the spectral
+    norm's gradient is written straight into the weights' (:class:`_NormalizedConv`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, taps: Tensor, u: Tensor | None,  # noqa: ANN001
+                eps: float) -> Tensor:
+        b, out_channels, in_channels = w.shape[:3]
+        per_tap = torch.empty(b, in_channels, out_channels, 3, 3, dtype=w.dtype, device=w.device)
+        if u is None:
+            per_tap.copy_(w.transpose(1, 2))
+            sigma: tuple[Tensor, ...] = ()
+        else:
+            inverse, a, row = _sigma_parts(w.flatten(2), u, eps)
+            torch.mul(w.transpose(1, 2), _per_image(inverse, 4), out=per_tap)  # normalised and transposed
+            sigma = (inverse, a, row)
+        # (B, in, out, 4, 4), as transposed convolutions take them, from one 2-D matrix product
+        kernels = (per_tap.view(-1, 9) @ taps).view(b, in_channels, out_channels, 4, 4)
+        ctx.save_for_backward(x, w, kernels, taps, *sigma)
         ctx.has_bias = bias is not None
-        biases = [None] * x.shape[0] if bias is None else bias.unbind(0)
+        biases = [None] * b if bias is None else bias.unbind(0)
         return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
                           for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # noqa: ANN001
-        x, kernels = ctx.saved_tensors
-        b = x.shape[0]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        x, w, kernels, taps, *sigma = ctx.saved_tensors
+        b, out_channels, in_channels = w.shape[:3]
         grad_x, grad_k, _ = torch.ops.aten.convolution_backward(
             grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernels.flatten(0, 1), None,
             [2, 2], [1, 1], [1, 1], True, [0, 0], b, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         grad_bias = grad.sum((2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return (None if grad_x is None else grad_x.view_as(x), None if grad_k is None else grad_k.view_as(kernels),
-                grad_bias)
+        grad_w = None
+        if grad_k is not None:  # (B, in, out, 4, 4) to (B, out, in, 3, 3) through the taps
+            per_tap = (grad_k.view(-1, 16) @ taps.t()).view(b, in_channels, out_channels, 3, 3).transpose(1, 2)
+            grad_w = torch.empty_like(w)
+            if not sigma:
+                grad_w.copy_(per_tap)
+            else:
+                inverse, a, row = sigma
+                torch.mul(per_tap, _per_image(inverse, 4), out=grad_w)  # the gradient of w itself
+                grad_inverse = torch.linalg.vecdot(grad_w.view(b, -1), w.view(b, -1)) / inverse
+                _add_sigma_gradient(grad_w, grad_inverse, inverse, a, row)
+        return None if grad_x is None else grad_x.view_as(x), grad_w, grad_bias, None, None, None
 
 
 def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False) -> Tensor:
@@ -151,26 +280,25 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
         bias = bias.expand(b, -1)
     if upsample and (2 * x.shape[-1] < layer.upsampled_conv_min_side or not layer.is_plain_3x3()):
         x, upsample = upsample_nearest_2x(x), False  # upsample, then convolve (as BigGAN does)
-    grouped = not upsample and layer.kernel_size != (1, 1)
-    if stacked_weight is not None and grouped and x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel():
+    own_sigma = stacked_weight is not None and not weights.shares_power_iteration(layer)
+    if upsample:  # stride-2 transposed convolutions (as upsampled_conv3x3)
+        if own_sigma:
+            return _UpsampledConv.apply(x, stacked_weight, bias, layer.upsampled_taps, layer.u0, layer.sn_eps)
+        w = (layer.normalized_weight().expand(b, *layer.weight.shape) if stacked_weight is None
+             else stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1))
+        return _UpsampledConv.apply(x, w, bias, layer.upsampled_taps, None, 0.0)
+    one_by_one = layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1)
+    if own_sigma and not one_by_one:
         # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less
-        # work than dividing the weight, forward and backward; the bias is added after
-        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), stacked_weight.flatten(0, 1), None, layer.stride,
-                       layer.padding, groups=b)
-        out = out.reshape(b, -1, *out.shape[2:])
-        scale = _per_image(weights.inverse_sigma(layer), 3)
-        return out * scale if bias is None else torch.addcmul(bias[:, :, None, None], out, scale)
+        # work than dividing the weight, forward and backward
+        scale_output = x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel()
+        return _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride, layer.padding,
+                                     scale_output)
     if stacked_weight is None:  # a shared weight with per-image biases
         w = layer.normalized_weight().expand(b, *layer.weight.shape)
     else:
         w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
-    if upsample:
-        # stride-2 transposed convolutions (as upsampled_conv3x3; per image forward, grouped backward) with
-        # kernels (B, in, out, 4, 4) from one 2-D matrix product (its gradient too: no batch of tiny products)
-        per_tap = w.transpose(1, 2)
-        kernels = (per_tap.reshape(-1, 9) @ layer.upsampled_taps).reshape(*per_tap.shape[:3], 4, 4)
-        return _UpsampledConv.apply(x, kernels, bias)
-    if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1):
+    if one_by_one:
         out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
         return out if bias is None else out + bias[:, :, None, None]
     out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.flatten(0, 1), None if bias is None else bias.flatten(),
@@ -250,7 +378,7 @@ class StackedLayout:
     """What a stacked forward pass of ``G`` needs to know once: module names, and which per-image spectral-norm
     convolution weights share a batched power iteration (same-shaped small ones, as
     :func:`~dgp.priors.layers.grouped_spectral_norm` groups them for one generator; linear layers normalise in
-    their own product, :func:`_normalized_rows`).
+    their own product, :class:`_NormalizedLinear`).
 
     Args:
         G: the generator.
