@@ -159,17 +159,39 @@ def _add_sigma_gradient(grad_w: Tensor, grad_inverse: Tensor, inverse: Tensor, a
     return grad_w
 
 
+def _fused_affine(bias: Tensor | None, scale: Tensor | None, shift: Tensor | None) -> Tensor | None:
+    """``(B, out)`` shift of ``(conv + bias) * scale + shift`` as ``conv * scale + shift'``, or ``None``."""
+    if scale is None:
+        return bias
+    return shift if bias is None else torch.addcmul(shift, bias, scale)
+
+
+def _affine_gradients(grad_sum: Tensor | None, grad_scale: Tensor | None, bias: Tensor | None,
+                      scale: Tensor | None, needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """Gradients of ``bias``, ``scale`` and ``shift`` (as ``needs`` asks) of ``(conv + bias) * scale + shift``,
+    from ``grad_sum`` ``(B, out)`` (the output's gradient summed over each plane) and ``grad_scale`` (that of the
+    scale through the convolution alone)."""
+    need_bias, need_scale, need_shift = needs
+    grad_bias = None if not need_bias else grad_sum if scale is None else grad_sum * scale
+    if need_scale and bias is not None:
+        grad_scale = torch.addcmul(grad_scale, bias, grad_sum)
+    return grad_bias, grad_scale if need_scale else None, grad_sum if need_shift else None
+
+
 class _NormalizedConv(torch.autograd.Function):
     """Per-image convolutions divided by their weights' spectral norms, the norms' gradients written straight
     into the weights' (one rank-one update) instead of through autograd's products, sums and copies:
     ``x`` ``(B, in, H, W)``, raw ``w`` ``(B, out, in, k, k)``, ``bias`` ``(B, out)`` or ``None``, the layer's
     ``u`` ``(1, out)`` to ``(B, out, H', W')``, as one grouped convolution. With ``scale_output`` the
     convolution's output is divided by sigma (less work where an output plane is smaller than a filter, G's 8-
-    and 16-px layers), otherwise the weights are."""
+    and 16-px layers), and may be followed by a per-image, per-channel affine ``scale``, ``shift`` ``(B, out)``
+    (the conditional batch norm after it, in eval mode) in the same pass; otherwise the weights are divided
+    (``scale`` and ``shift`` must be ``None``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, u: Tensor, eps: float,  # noqa: ANN001
-                stride: tuple[int, int], padding: tuple[int, int], scale_output: bool) -> Tensor:
+                stride: tuple[int, int], padding: tuple[int, int], scale_output: bool, scale: Tensor | None,
+                shift: Tensor | None) -> Tensor:
         b = x.shape[0]
         inverse, a, row = _sigma_parts(w.flatten(2), u, eps)
         flat_x = x.reshape(1, -1, *x.shape[2:])
@@ -177,50 +199,68 @@ class _NormalizedConv(torch.autograd.Function):
             kernel = w
             unscaled = F.conv2d(flat_x, w.flatten(0, 1), None, stride, padding, groups=b)
             unscaled = unscaled.reshape(b, -1, *unscaled.shape[2:])
-            scale = _per_image(inverse, 3)
-            out = unscaled * scale if bias is None else torch.addcmul(bias[:, :, None, None], unscaled, scale)
+            total = inverse.unsqueeze(1) if scale is None else inverse.unsqueeze(1) * scale
+            offset = _fused_affine(bias, scale, shift)
+            out = (unscaled * total[:, :, None, None] if offset is None
+                   else torch.addcmul(offset[:, :, None, None], unscaled, total[:, :, None, None]))
             saved: tuple[Tensor, ...] = (unscaled,)  # the gradient of 1 / sigma: its product with the gradient
         else:
+            if scale is not None or shift is not None:
+                raise ValueError("a convolution that divides its weights cannot take an affine")
             kernel = w * _per_image(inverse, w.dim() - 1)
             out = F.conv2d(flat_x, kernel.flatten(0, 1), None if bias is None else bias.flatten(), stride, padding,
                            groups=b)
             out = out.reshape(b, -1, *out.shape[2:])
             saved = ()
-        ctx.save_for_backward(x, w, kernel, inverse, a, row, *saved)
-        ctx.settings = (stride, padding, scale_output, bias is not None)
+        ctx.save_for_backward(x, w, kernel, inverse, a, row, bias, scale, *saved)
+        ctx.settings = (stride, padding, scale_output)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        x, w, kernel, inverse, a, row, *unscaled = ctx.saved_tensors
-        stride, padding, scale_output, has_bias = ctx.settings
+        x, w, kernel, inverse, a, row, bias, scale, *unscaled = ctx.saved_tensors
+        stride, padding, scale_output = ctx.settings
         b = x.shape[0]
         need_x, need_w, need_bias = ctx.needs_input_grad[:3]
-        conv_grad = grad * _per_image(inverse, 3) if scale_output else grad  # at the convolution's output
-        grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
-            conv_grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernel.flatten(0, 1),
-            [grad.shape[0] * grad.shape[1]] if has_bias else None, list(stride), list(padding), [1, 1], False,
-            [0, 0], b, [need_x, need_w, need_bias and not scale_output])
-        if need_bias and scale_output:
-            grad_bias = grad.sum((2, 3))
-        if need_w:
-            grad_w = grad_w.view_as(w)
-            if scale_output:  # grad_w is already the gradient of w itself
-                grad_inverse = torch.linalg.vecdot(grad.flatten(1), unscaled[0].flatten(1))
-            else:  # grad_w is the gradient of w / sigma
+        need_scale, need_shift = ctx.needs_input_grad[8:10]
+        if not scale_output:  # grad_w is the gradient of w / sigma
+            grad_x, grad_w, grad_bias = torch.ops.aten.convolution_backward(
+                grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernel.flatten(0, 1),
+                None if bias is None else [bias.numel()], list(stride), list(padding), [1, 1], False, [0, 0], b,
+                [need_x, need_w, need_bias])
+            if need_w:
+                grad_w = grad_w.view_as(w)
                 grad_inverse = torch.linalg.vecdot(grad_w.view(b, -1), w.view(b, -1))
                 grad_w.mul_(_per_image(inverse, w.dim() - 1))
+                _add_sigma_gradient(grad_w, grad_inverse, inverse, a, row)
+            return (None if grad_x is None else grad_x.view_as(x), grad_w,
+                    None if grad_bias is None else grad_bias.view(b, -1), None, None, None, None, None, None, None)
+        total = inverse.unsqueeze(1) if scale is None else inverse.unsqueeze(1) * scale
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(  # grad_w: the gradient of w itself
+            (grad * total[:, :, None, None]).reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]),
+            kernel.flatten(0, 1), None, list(stride), list(padding), [1, 1], False, [0, 0], b,
+            [need_x, need_w, False])
+        # the gradient of the total scale, per image and channel
+        grad_total = torch.linalg.vecdot(grad.flatten(2), unscaled[0].flatten(2)) if need_w or need_scale else None
+        if need_w:
+            grad_w = grad_w.view_as(w)
+            grad_inverse = (grad_total if scale is None else grad_total * scale).sum(1)
             _add_sigma_gradient(grad_w, grad_inverse, inverse, a, row)
-        return (None if grad_x is None else grad_x.view_as(x), grad_w,
-                None if grad_bias is None else grad_bias.view(b, -1), None, None, None, None, None)
+        grad_sum = grad.sum((2, 3)) if need_bias or need_shift or (need_scale and bias is not None) else None
+        grad_bias, grad_scale, grad_shift = _affine_gradients(
+            grad_sum, None if grad_total is None else grad_total * inverse.unsqueeze(1), bias, scale,
+            (need_bias, need_scale, need_shift))
+        return (None if grad_x is None else grad_x.view_as(x), grad_w, grad_bias, None, None, None, None, None,
+                grad_scale, grad_shift)
 
 
 class _UpsampledConv(torch.autograd.Function):
     """Per-image stride-2 transposed convolutions with 4x4 kernels summed from 3x3 ones (a 3x3 convolution of
     the 2x nearest-upsampled image, :func:`~dgp.priors.layers.upsampled_conv3x3`): ``x`` ``(B, in, H, W)``,
-    ``w`` ``(B, out, in, 3, 3)``, ``bias`` ``(B, out)`` or ``None``, the ``(9, 16)`` ``taps``, and the layer's
-    ``u`` ``(1, out)`` to divide ``w`` by its spectral norm (``None``: ``w`` is used as it is) to
-    ``(B, out, 2H, 2W)``.
+    ``w`` ``(B, out, in, 3, 3)``, ``bias`` ``(B, out)`` or ``None``, the ``(9, 16)`` ``taps``, the layer's
+    ``u`` ``(1, out)`` to divide ``w`` by its spectral norm (``None``: ``w`` is used as it is), and optionally
+    a per-image, per-channel affine ``scale``, ``shift`` ``(B, out)`` after the convolution (the conditional
+    batch norm after it, in eval mode), folded into the kernels and biases, to ``(B, out, 2H, 2W)``.
 
     On a CPU the forward pass is fastest one image at a time, the backward pass as one grouped transposed
     convolution (its data and weight gradients in one call, with no per-image slices to gather); the spectral
@@ -228,53 +268,76 @@ class _UpsampledConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, bias: Tensor | None, taps: Tensor, u: Tensor | None,  # noqa: ANN001
-                eps: float) -> Tensor:
+                eps: float, scale: Tensor | None, shift: Tensor | None) -> Tensor:
         b, out_channels, in_channels = w.shape[:3]
-        per_tap = torch.empty(b, in_channels, out_channels, 3, 3, dtype=w.dtype, device=w.device)
-        if u is None:
-            per_tap.copy_(w.transpose(1, 2))
-            sigma: tuple[Tensor, ...] = ()
-        else:
+        sigma: tuple[Tensor, ...] = ()
+        factor = scale  # (B, out) of the weights
+        if u is not None:
             inverse, a, row = _sigma_parts(w.flatten(2), u, eps)
-            torch.mul(w.transpose(1, 2), _per_image(inverse, 4), out=per_tap)  # normalised and transposed
             sigma = (inverse, a, row)
+            factor = inverse.unsqueeze(1) if scale is None else inverse.unsqueeze(1) * scale
+        per_tap = torch.empty(b, in_channels, out_channels, 3, 3, dtype=w.dtype, device=w.device)
+        if factor is None:
+            per_tap.copy_(w.transpose(1, 2))
+        else:  # scaled and transposed in one pass
+            torch.mul(w.transpose(1, 2), factor[:, None, :, None, None], out=per_tap)
         # (B, in, out, 4, 4), as transposed convolutions take them, from one 2-D matrix product
         kernels = (per_tap.view(-1, 9) @ taps).view(b, in_channels, out_channels, 4, 4)
-        ctx.save_for_backward(x, w, kernels, taps, *sigma)
-        ctx.has_bias = bias is not None
-        biases = [None] * b if bias is None else bias.unbind(0)
+        offset = _fused_affine(bias, scale, shift)
+        ctx.save_for_backward(x, w, kernels, taps, bias, scale, *sigma)
+        biases = [None] * b if offset is None else offset.unbind(0)
         return torch.cat([F.conv_transpose2d(image, kernel, image_bias, stride=2, padding=1)
                           for image, kernel, image_bias in zip(x.split(1), kernels.unbind(0), biases)])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        x, w, kernels, taps, *sigma = ctx.saved_tensors
+        x, w, kernels, taps, bias, scale, *sigma = ctx.saved_tensors
         b, out_channels, in_channels = w.shape[:3]
+        need_x, need_w, need_bias = ctx.needs_input_grad[:3]
+        need_scale, need_shift = ctx.needs_input_grad[6:8]
         grad_x, grad_k, _ = torch.ops.aten.convolution_backward(
             grad.reshape(1, -1, *grad.shape[2:]), x.reshape(1, -1, *x.shape[2:]), kernels.flatten(0, 1), None,
-            [2, 2], [1, 1], [1, 1], True, [0, 0], b, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        grad_bias = grad.sum((2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        grad_w = None
+            [2, 2], [1, 1], [1, 1], True, [0, 0], b, [need_x, need_w or need_scale, False])
+        grad_w = grad_factor = None
         if grad_k is not None:  # (B, in, out, 4, 4) to (B, out, in, 3, 3) through the taps
             per_tap = (grad_k.view(-1, 16) @ taps.t()).view(b, in_channels, out_channels, 3, 3).transpose(1, 2)
             grad_w = torch.empty_like(w)
-            if not sigma:
+            if not sigma and scale is None:
                 grad_w.copy_(per_tap)
-            else:
+            elif scale is None:  # sigma alone: divide by it afterwards (1 / sigma > 0)
                 inverse, a, row = sigma
                 torch.mul(per_tap, _per_image(inverse, 4), out=grad_w)  # the gradient of w itself
                 grad_inverse = torch.linalg.vecdot(grad_w.view(b, -1), w.view(b, -1)) / inverse
                 _add_sigma_gradient(grad_w, grad_inverse, inverse, a, row)
-        return None if grad_x is None else grad_x.view_as(x), grad_w, grad_bias, None, None, None
+            else:
+                grad_w.copy_(per_tap)  # the gradient of the scaled weights
+                grad_factor = torch.linalg.vecdot(grad_w.flatten(2), w.flatten(2))  # (B, out)
+                factor = scale if not sigma else sigma[0].unsqueeze(1) * scale
+                grad_w.mul_(factor[:, :, None, None, None])
+                if sigma:
+                    inverse, a, row = sigma
+                    _add_sigma_gradient(grad_w, (grad_factor * scale).sum(1), inverse, a, row)
+        grad_sum = grad.sum((2, 3)) if need_bias or need_shift or (need_scale and bias is not None) else None
+        grad_scale = None
+        if need_scale and grad_factor is not None:
+            grad_scale = grad_factor if not sigma else grad_factor * sigma[0].unsqueeze(1)
+        grad_bias, grad_scale, grad_shift = _affine_gradients(grad_sum, grad_scale, bias, scale,
+                                                              (need_bias, need_scale, need_shift))
+        return (None if grad_x is None else grad_x.view_as(x), grad_w if need_w else None, grad_bias, None, None,
+                None, grad_scale, grad_shift)
 
 
-def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False) -> Tensor:
+def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
+          affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``(B, in, H, W) -> (B, out, H', W')`` through a spectral-norm convolution, of ``x`` upsampled 2x (nearest)
-    when ``upsample`` is set."""
+    when ``upsample`` is set, followed by ``affine``: a per-image, per-channel ``(scale, shift)``, each
+    ``(B, out)`` (in the same pass where the convolution can take it)."""
     stacked_weight = weights.stacked(layer, "weight")
     bias, bias_per_image = weights.get(layer, "bias")
+    scale, shift = (None, None) if affine is None else affine
     if stacked_weight is None and not bias_per_image:
-        return layer.forward_upsampled(x) if upsample else layer(x)
+        out = layer.forward_upsampled(x) if upsample else layer(x)
+        return out if affine is None else torch.addcmul(shift[:, :, None, None], out, scale[:, :, None, None])
     b = x.shape[0]
     if bias is not None and not bias_per_image:
         bias = bias.expand(b, -1)
@@ -283,40 +346,58 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False)
     own_sigma = stacked_weight is not None and not weights.shares_power_iteration(layer)
     if upsample:  # stride-2 transposed convolutions (as upsampled_conv3x3)
         if own_sigma:
-            return _UpsampledConv.apply(x, stacked_weight, bias, layer.upsampled_taps, layer.u0, layer.sn_eps)
+            return _UpsampledConv.apply(x, stacked_weight, bias, layer.upsampled_taps, layer.u0, layer.sn_eps,
+                                        scale, shift)
         w = (layer.normalized_weight().expand(b, *layer.weight.shape) if stacked_weight is None
              else stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1))
-        return _UpsampledConv.apply(x, w, bias, layer.upsampled_taps, None, 0.0)
+        return _UpsampledConv.apply(x, w, bias, layer.upsampled_taps, None, 0.0, scale, shift)
     one_by_one = layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1)
     if own_sigma and not one_by_one:
         # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less
-        # work than dividing the weight, forward and backward
-        scale_output = x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel()
-        return _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride, layer.padding,
-                                     scale_output)
-    if stacked_weight is None:  # a shared weight with per-image biases
-        w = layer.normalized_weight().expand(b, *layer.weight.shape)
+        # work than dividing the weight, forward and backward, and takes the affine in the same pass
+        if x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel():
+            return _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride,
+                                         layer.padding, True, scale, shift)
+        out = _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride, layer.padding,
+                                    False, None, None)
     else:
-        w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
-    if one_by_one:
-        out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
-        return out if bias is None else out + bias[:, :, None, None]
-    out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.flatten(0, 1), None if bias is None else bias.flatten(),
-                   layer.stride, layer.padding, groups=b)
-    return out.reshape(b, -1, *out.shape[2:])
+        if stacked_weight is None:  # a shared weight with per-image biases
+            w = layer.normalized_weight().expand(b, *layer.weight.shape)
+        else:
+            w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
+        if one_by_one:
+            out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
+            out = out if bias is None else out + bias[:, :, None, None]
+        else:
+            out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.flatten(0, 1), None if bias is None else bias.flatten(),
+                           layer.stride, layer.padding, groups=b)
+            out = out.reshape(b, -1, *out.shape[2:])
+    return out if affine is None else torch.addcmul(shift[:, :, None, None], out, scale[:, :, None, None])
+
+
+def _eval_affine(gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm | BatchNorm) -> tuple[Tensor, Tensor]:
+    """Batch norm in eval mode with per-image ``(B, C)`` or shared ``(C,)`` gain and bias as one
+    ``x * scale + shift``: ``(scale, shift)``, shaped as the gain."""
+    scale = gain * torch.rsqrt(norm.stored_var + norm.eps)
+    return scale, bias - norm.stored_mean * scale
 
 
 def _eval_norm(x: Tensor, gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm | BatchNorm) -> Tensor:
-    """Batch norm in eval mode with per-image ``(B, C)`` or shared ``(C,)`` gain and bias, folded into one
-    ``x * scale + shift`` (one pass over ``x``; its gradient with respect to ``x`` is one product)."""
-    scale = gain * torch.rsqrt(norm.stored_var + norm.eps)
-    shift = bias - norm.stored_mean * scale
+    """Batch norm in eval mode (:func:`_eval_affine`) applied to ``x`` in one pass (its gradient with respect
+    to ``x`` is one product)."""
+    scale, shift = _eval_affine(gain, bias, norm)
     return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+
+
+def _batch_norm_affine(weights: _Weights, bn: ConditionalBatchNorm, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Conditional batch norm's ``(scale, shift)``, each ``(B, C)``, for conditions ``y`` ``(B, cond_dim)``."""
+    return _eval_affine(1 + _linear(weights, bn.gain, y), _linear(weights, bn.bias, y), bn)
 
 
 def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
     """Conditional batch norm in eval mode: ``x`` ``(B, C, H, W)``, ``y`` ``(B, cond_dim)``."""
-    return _eval_norm(x, 1 + _linear(weights, bn.gain, y), _linear(weights, bn.bias, y), bn)
+    scale, shift = _batch_norm_affine(weights, bn, y)
+    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
 
 
 def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, match: Tensor | None) -> Tensor:
@@ -347,8 +428,11 @@ def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool)
     h = torch.relu_(norm(block.bn1, block.in1, x))  # in place: a norm's backward pass needs its input only
     if block.learnable_sc:
         x = _conv(weights, block.conv_sc, x)  # before upsampling: the 1x1 convolution commutes with it
-    h = _conv(weights, block.conv1, h, upsample=block.upsample)
-    h = torch.relu_(norm(block.bn2, block.in2, h))
+    if use_in:
+        h = torch.relu_(norm(block.bn2, block.in2, _conv(weights, block.conv1, h, upsample=block.upsample)))
+    else:  # the second norm's affine in the convolution's pass
+        affine = _batch_norm_affine(weights, block.bn2, y)
+        h = torch.relu_(_conv(weights, block.conv1, h, upsample=block.upsample, affine=affine))
     block.in_ready = use_in
     out = _conv(weights, block.conv2, h)
     return add_upsampled_2x(out, x) if block.upsample else out + x
