@@ -314,7 +314,7 @@ class StackedGenerators:
                      if isinstance(m, FrozenInstanceNorm) for b_name, _ in m.named_buffers(recurse=False)}
 
         def stack(t: Tensor, grad: bool) -> Tensor:
-            return t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())).clone().requires_grad_(grad)
+            return t.detach().unsqueeze(0).repeat(b, *([1] * t.dim())).requires_grad_(grad)  # repeat copies
 
         freeze_untuned(self.G, {id(p) for n, p in self.G.named_parameters() if n in tuned})
         self.params = {n: stack(p, True) for n, p in self.G.named_parameters() if n in tuned}
