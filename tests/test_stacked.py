@@ -41,12 +41,14 @@ def _alone(G: Generator, stacked: dict[str, torch.Tensor], i: int) -> Generator:
 @pytest.mark.parametrize("which", ["blocks", "everything"])
 @pytest.mark.parametrize("use_in", [False, True])
 @pytest.mark.parametrize("products", ["broadcast", "matrix"])
-@pytest.mark.parametrize("spectral_norms", ["grouped", "per layer"])
+@pytest.mark.parametrize("spectral_norms", ["grouped", "per layer", "own functions"])
 def test_stacked_forward_equals_each_generator_alone(which, use_in, products, spectral_norms, monkeypatch):
     if products == "matrix":  # the stacked weights' products with one column as matrix products (large batches)
         monkeypatch.setattr(layers, "BROADCAST_PRODUCT_MAX_NUMEL", 0)
-    if spectral_norms == "per layer":  # no shared power iterations: every 3x3 weight as the prior's (64 channels)
+    if spectral_norms != "grouped":  # no shared power iterations: every 3x3 weight as the prior's (64 channels)
         monkeypatch.setattr(stacked_module, "GROUPED_SPECTRAL_NORM_MAX_NUMEL", 0)
+    if spectral_norms == "own functions":  # as large groups run: each weight normalised in an autograd function
+        monkeypatch.setattr(stacked_module, "FUSED_SPECTRAL_NORM_MIN_BATCH", B)
     G = _generator()
     names = [n for n, _ in G.named_parameters()
              if which == "everything" or n.startswith(("blocks.", "linear."))]

@@ -45,12 +45,21 @@ from dgp.priors.layers import (
 # faster than with sharing at any size (in-process alternating rounds, medians)
 STACKED_GROUPED_SPECTRAL_NORM_MAX_NUMEL = 1 << 17
 
+# Groups of at least this many images normalise their per-image weights in autograd functions of their own
+# (:class:`_NormalizedConv`, :class:`_NormalizedLinear`, :class:`_UpsampledConv` with ``u``), which write the
+# gradient through 1/sigma straight into the weights'; smaller groups in ordinary operators. The functions run
+# Python forward and backward, at which the groups of a batch (threads of one process) take turns. Through the
+# engine, against ordinary operators everywhere (alternating rounds, docs/speed-notes.md, session 25): with the
+# functions for every group, 64 images (two groups of 32) stepped 1.058x faster but 16 (two groups of 8) 0.976x
+# and 8 0.958x; with this limit 64 images 1.076x, 32 images 1.038x, 16 images 0.992x and 8 images 0.999x
+FUSED_SPECTRAL_NORM_MIN_BATCH = 16
+
 
 class _Weights:
     """Looks up the tensors of one stacked forward pass by their state-dict names; keeps the inverse singular
     values computed in the pass."""
 
-    def __init__(self, layout: StackedLayout, tensors: Mapping[str, Tensor]) -> None:
+    def __init__(self, layout: StackedLayout, tensors: Mapping[str, Tensor], batch: int) -> None:
         self.names = layout.names
         self.tensors = tensors
         self.inverse_sigmas: dict[str, Tensor] = {}
@@ -60,6 +69,7 @@ class _Weights:
             for (name, _), value in zip(group, eval_inverse_sigma(w, u, group[0][1].sn_eps).unbind(0)):
                 self.inverse_sigmas[name] = value
         self.grouped = set(self.inverse_sigmas)
+        self.fused = batch >= FUSED_SPECTRAL_NORM_MIN_BATCH  # see there
 
     def stacked(self, module: torch.nn.Module, attribute: str) -> Tensor | None:
         """The per-image ``(B, ...)`` tensor ``attribute`` of ``module``, or ``None`` when it is shared."""
@@ -72,10 +82,11 @@ class _Weights:
             return value, True
         return getattr(module, attribute), False
 
-    def shares_power_iteration(self, layer: SpectralNorm) -> bool:
-        """Whether the layer's per-image weights are normalised in a batched power iteration with other layers'
-        (their inverse singular values computed when the pass began)."""
-        return self.names[id(layer)] in self.grouped
+    def normalizes_itself(self, layer: SpectralNorm) -> bool:
+        """Whether the layer's per-image weights are normalised in its own autograd function (large groups),
+        rather than in ordinary operators or a batched power iteration shared with other layers."""
+        name = self.names[id(layer)]
+        return self.fused and f"{name}.weight" in self.tensors and name not in self.grouped
 
     def inverse_sigma(self, layer: SpectralNorm) -> Tensor:
         """``(B,)`` inverse singular values of a spectral-norm layer with per-image weights."""
@@ -128,13 +139,25 @@ class _NormalizedLinear(torch.autograd.Function):
         return grad_w, None, None, grad_x
 
 
+def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
+    """What :class:`_NormalizedLinear` computes, in ordinary operators (autograd's gradient: the weights' comes
+    out transposed and is copied once)."""
+    a = u @ w.detach()  # (N, 1, in)
+    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
+    both = torch.bmm(torch.cat([a, x.unsqueeze(1)], dim=1), w.transpose(1, 2))  # (N, 2, out)
+    return both[:, 1] * (a_norm / torch.linalg.vector_norm(both[:, 0], dim=-1)).unsqueeze(1)
+
+
 def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
     """``(B, in) -> (B, out)`` through a spectral-norm linear layer."""
     w = weights.stacked(layer, "weight")
     bias, _ = weights.get(layer, "bias")
     if w is None:
         return F.linear(x, layer.normalized_weight(), bias)
-    out = _NormalizedLinear.apply(w, layer.u0, layer.sn_eps, x)
+    if weights.fused:
+        out = _NormalizedLinear.apply(w, layer.u0, layer.sn_eps, x)
+    else:
+        out = _normalized_rows(w, layer.u0, layer.sn_eps, x)
     return out if bias is None else out + bias
 
 
@@ -343,7 +366,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
         bias = bias.expand(b, -1)
     if upsample and (2 * x.shape[-1] < layer.upsampled_conv_min_side or not layer.is_plain_3x3()):
         x, upsample = upsample_nearest_2x(x), False  # upsample, then convolve (as BigGAN does)
-    own_sigma = stacked_weight is not None and not weights.shares_power_iteration(layer)
+    own_sigma = weights.normalizes_itself(layer)
     if upsample:  # stride-2 transposed convolutions (as upsampled_conv3x3)
         if own_sigma:
             return _UpsampledConv.apply(x, stacked_weight, bias, layer.upsampled_taps, layer.u0, layer.sn_eps,
@@ -352,14 +375,22 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
              else stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1))
         return _UpsampledConv.apply(x, w, bias, layer.upsampled_taps, None, 0.0, scale, shift)
     one_by_one = layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1)
+    # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less work
+    # than dividing the weight, forward and backward, and takes the affine in the same pass
+    scale_output = (stacked_weight is not None and not one_by_one
+                    and x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel())
     if own_sigma and not one_by_one:
-        # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less
-        # work than dividing the weight, forward and backward, and takes the affine in the same pass
-        if x.shape[2] * x.shape[3] < stacked_weight[0, 0].numel():
+        if scale_output:
             return _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride,
                                          layer.padding, True, scale, shift)
         out = _NormalizedConv.apply(x, stacked_weight, bias, layer.u0, layer.sn_eps, layer.stride, layer.padding,
                                     False, None, None)
+    elif scale_output:
+        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), stacked_weight.flatten(0, 1), None, layer.stride,
+                       layer.padding, groups=b)
+        out = out.reshape(b, -1, *out.shape[2:])
+        inverse = _per_image(weights.inverse_sigma(layer), 3)
+        out = out * inverse if bias is None else torch.addcmul(bias[:, :, None, None], out, inverse)
     else:
         if stacked_weight is None:  # a shared weight with per-image biases
             w = layer.normalized_weight().expand(b, *layer.weight.shape)
@@ -503,7 +534,7 @@ def stacked_generator_forward(layout: StackedLayout, tensors: Mapping[str, Tenso
     """
     G = layout.G
     batch = z.shape[0]
-    weights = _Weights(layout, tensors)
+    weights = _Weights(layout, tensors, batch)
     table = tensors.get("shared.weight")
     y = G.shared.weight[class_ids] if table is None else table[torch.arange(batch, device=z.device), class_ids]
     if G.config.hier:
