@@ -116,11 +116,7 @@ class _NormalizedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:  # noqa: ANN001
-        a = u @ w  # (N, 1, in)
-        rows = torch.cat([a, x.unsqueeze(1)], dim=1)  # (N, 2, in)
-        both = torch.bmm(rows, w.transpose(1, 2))  # (N, 2, out): a W^T and x W^T
-        inverse = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps) / torch.linalg.vector_norm(
-            both[:, 0], dim=-1)
+        rows, both, inverse = _linear_products(w, u, eps, x)
         ctx.save_for_backward(w, rows, both, inverse)
         return both[:, 1] * inverse.unsqueeze(1)
 
@@ -139,13 +135,22 @@ class _NormalizedLinear(torch.autograd.Function):
         return grad_w, None, None, grad_x
 
 
+def _linear_products(w: Tensor, u: Tensor, eps: float, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows (N, 2, in), both (N, 2, out), inverse sigma (N,))`` of :class:`_NormalizedLinear`: the rows
+    ``a = u W`` (held constant) and ``x``, and their products ``a W^T`` and ``x W^T``."""
+    a = u @ w.detach()  # (N, 1, in)
+    rows = torch.cat([a, x.unsqueeze(1)], dim=1)
+    both = torch.bmm(rows, w.transpose(1, 2))
+    inverse = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps) / torch.linalg.vector_norm(
+        both[:, 0], dim=-1)
+    return rows, both, inverse
+
+
 def _normalized_rows(w: Tensor, u: Tensor, eps: float, x: Tensor) -> Tensor:
     """What :class:`_NormalizedLinear` computes, in ordinary operators (autograd's gradient: the weights' comes
     out transposed and is copied once)."""
-    a = u @ w.detach()  # (N, 1, in)
-    a_norm = torch.linalg.vector_norm(a, dim=(-2, -1)).clamp_min(eps)
-    both = torch.bmm(torch.cat([a, x.unsqueeze(1)], dim=1), w.transpose(1, 2))  # (N, 2, out)
-    return both[:, 1] * (a_norm / torch.linalg.vector_norm(both[:, 0], dim=-1)).unsqueeze(1)
+    _, both, inverse = _linear_products(w, u, eps, x)
+    return both[:, 1] * inverse.unsqueeze(1)
 
 
 def _linear(weights: _Weights, layer: SNLinear, x: Tensor) -> Tensor:
@@ -350,6 +355,14 @@ class _UpsampledConv(torch.autograd.Function):
                 None, grad_scale, grad_shift)
 
 
+def _normalized_weights(weights: _Weights, layer: SNConv2d, stacked_weight: Tensor | None, batch: int) -> Tensor:
+    """``(B, out, in, k, k)`` weights divided by sigma in ordinary operators: the per-image ``stacked_weight``,
+    or the layer's own (shared, with per-image biases) when that is ``None``."""
+    if stacked_weight is None:
+        return layer.normalized_weight().expand(batch, *layer.weight.shape)
+    return stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
+
+
 def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
           affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``(B, in, H, W) -> (B, out, H', W')`` through a spectral-norm convolution, of ``x`` upsampled 2x (nearest)
@@ -371,8 +384,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
         if own_sigma:
             return _UpsampledConv.apply(x, stacked_weight, bias, layer.upsampled_taps, layer.u0, layer.sn_eps,
                                         scale, shift)
-        w = (layer.normalized_weight().expand(b, *layer.weight.shape) if stacked_weight is None
-             else stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1))
+        w = _normalized_weights(weights, layer, stacked_weight, b)
         return _UpsampledConv.apply(x, w, bias, layer.upsampled_taps, None, 0.0, scale, shift)
     one_by_one = layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride == (1, 1)
     # output planes smaller than a filter (G's 8- and 16-px layers): dividing the output by sigma is less work
@@ -392,10 +404,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
         inverse = _per_image(weights.inverse_sigma(layer), 3)
         out = out * inverse if bias is None else torch.addcmul(bias[:, :, None, None], out, inverse)
     else:
-        if stacked_weight is None:  # a shared weight with per-image biases
-            w = layer.normalized_weight().expand(b, *layer.weight.shape)
-        else:
-            w = stacked_weight * _per_image(weights.inverse_sigma(layer), stacked_weight.dim() - 1)
+        w = _normalized_weights(weights, layer, stacked_weight, b)
         if one_by_one:
             out = torch.bmm(w.flatten(2), x.flatten(2)).unflatten(2, x.shape[2:])
             out = out if bias is None else out + bias[:, :, None, None]
@@ -427,8 +436,7 @@ def _batch_norm_affine(weights: _Weights, bn: ConditionalBatchNorm, y: Tensor) -
 
 def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
     """Conditional batch norm in eval mode: ``x`` ``(B, C, H, W)``, ``y`` ``(B, cond_dim)``."""
-    scale, shift = _batch_norm_affine(weights, bn, y)
-    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+    return _eval_norm(x, 1 + _linear(weights, bn.gain, y), _linear(weights, bn.bias, y), bn)
 
 
 def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, match: Tensor | None) -> Tensor:
