@@ -118,6 +118,30 @@ def test_tuned_copies_make_untuned_parameters_constants(tiny_prior, kind, update
     assert all(getattr(m, "frozen_weight", None) is None for m in tiny_prior.G.modules())
 
 
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_adam_step_with_the_gradient_as_first_moment_is_exact(beta1):
+    """The engine's Adam step (the first moment pointed at the gradient where beta1 is 0) gives the same bits
+    as Adam's own over several steps; with beta1 != 0 it leaves the state alone."""
+    g = torch.Generator().manual_seed(5)
+    start = [torch.randn(7, 5, 3, generator=g), torch.randn(11, generator=g)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(4)]
+    finals = []
+    for step in (lambda opt: opt.step(), reconstruct._adam_step):
+        params = [p.clone().requires_grad_(True) for p in start]
+        opt = torch.optim.Adam([{"params": params[:1], "lr": 1e-2}, {"params": params[1:], "lr": 3e-3}],
+                               betas=(beta1, 0.999), eps=1e-8, fused=True)
+        for step_grads in grads:
+            opt.zero_grad(set_to_none=True)
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            step(opt)
+        shared = [opt.state[p]["exp_avg"] is p.grad for p in params]
+        assert all(shared) if beta1 == 0.0 and step is reconstruct._adam_step else not any(shared)
+        finals.append([p.detach() for p in params] + [opt.state[p]["exp_avg_sq"] for p in params])
+    for a, b in zip(*finals):
+        assert torch.equal(a, b)
+
+
 def test_shard_sizes_cover_the_batch_evenly():
     assert shard_sizes(16, 2) == [8, 8]
     assert shard_sizes(5, 2) == [3, 2]
