@@ -506,11 +506,16 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        theta = self.theta(x).reshape(b, c // 8, h * w)
-        phi = F.max_pool2d(self.phi(x), 2).reshape(b, c // 8, h * w // 4)
-        g = F.max_pool2d(self.g(x), 2).reshape(b, c // 2, h * w // 4)
+        k, n = c // 8, h * w
+        # the 1x1 convolutions as matrix products, theta's, phi's and g's in one (docs/speed-notes.md)
+        projections = torch.cat([self.theta.normalized_weight(), self.phi.normalized_weight(),
+                                 self.g.normalized_weight()]).flatten(1)  # (c/8 + c/8 + c/2, c)
+        projected = torch.matmul(projections, x.reshape(b, c, n))
+        theta = projected[:, :k]
+        pooled = F.max_pool2d(projected[:, k:].reshape(b, -1, h, w), 2).reshape(b, -1, n // 4)
+        phi, g = pooled[:, :k], pooled[:, k:]
         beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, HW, HW/4)
-        o = self.o((g @ beta.transpose(1, 2)).reshape(b, c // 2, h, w))
+        o = torch.matmul(self.o.normalized_weight().flatten(1), g @ beta.transpose(1, 2)).reshape(b, c, h, w)
         return self.gamma * o + x
 
 
