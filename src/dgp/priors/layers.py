@@ -510,12 +510,12 @@ class Attention(nn.Module):
         # the 1x1 convolutions as matrix products, theta's, phi's and g's in one (docs/speed-notes.md)
         projections = torch.cat([self.theta.normalized_weight(), self.phi.normalized_weight(),
                                  self.g.normalized_weight()]).flatten(1)  # (c/8 + c/8 + c/2, c)
-        projected = torch.matmul(projections, x.reshape(b, c, n))
-        theta = projected[:, :k]
-        pooled = F.max_pool2d(projected[:, k:].reshape(b, -1, h, w), 2).reshape(b, -1, n // 4)
-        phi, g = pooled[:, :k], pooled[:, k:]
+        theta, rest = torch.matmul(projections, x.reshape(b, c, n)).split([k, k + c // 2], dim=1)
+        phi, g = F.max_pool2d(rest.reshape(b, -1, h, w), 2).reshape(b, -1, n // 4).split([k, c // 2], dim=1)
         beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (B, HW, HW/4)
-        o = torch.matmul(self.o.normalized_weight().flatten(1), g @ beta.transpose(1, 2)).reshape(b, c, h, w)
+        # (B, HW, c/2): beta's gradient then comes out contiguous, as softmax's backward pass takes it
+        mixed = torch.bmm(beta, g.transpose(1, 2))
+        o = torch.matmul(self.o.normalized_weight().flatten(1), mixed.transpose(1, 2)).reshape(b, c, h, w)
         return self.gamma * o + x
 
 
