@@ -110,7 +110,8 @@ class Recordings:
 
     Functions that compute the same thing from their inputs (the same operators, the same constant tensors
     or tensors of equal values, as the per-thread groups of one batch do) can replay one recording: the first
-    caller for some input shapes records, callers in other threads wait for it, then all replay it.
+    caller for some input shapes records; callers in other threads run the function eagerly while it does (the
+    same values; waiting instead made a batch's first step about 30 ms longer), then all replay it.
     Thread-safe.
     """
 
@@ -124,11 +125,15 @@ class Recordings:
         there is none yet; also returns the recording (``None``: this PyTorch cannot record, ``fn`` ran)."""
         shapes = tuple(tuple(t.shape) for t in inputs)
         if shapes not in self._by_shapes:
-            with self._lock:
+            if not self._lock.acquire(blocking=False):  # another thread records: run eagerly meanwhile
+                return None, fn(*inputs)
+            try:
                 if shapes not in self._by_shapes:
                     recording, result = _record_and_run(fn, inputs, name)
                     self._by_shapes[shapes] = recording  # None: run eagerly from now on, without the lock
                     return recording, result
+            finally:
+                self._lock.release()
         recording = self._by_shapes[shapes]
         return recording, fn(*inputs) if recording is None else recording(*inputs)
 
