@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 
 import pytest
@@ -182,3 +183,35 @@ def test_recorded_function_replays_new_values_and_records_new_shapes():
     assert recorded.recording is not first and recorded.recording.shapes == [(2,), (2,)]
     assert all(torch.equal(a, b) for a, b in zip(recorded(y, x), fn(y, x), strict=True))  # replayed
     assert recorded.recording is first
+
+
+def test_a_caller_runs_eagerly_while_another_thread_records():
+    """While one thread records, a caller in another runs the function eagerly (the same values), its operators
+    stay out of the recording, and later calls replay the one recording."""
+    recording_started, other_done = threading.Event(), threading.Event()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = x * 3.0
+        if not recording_started.is_set():  # the first call (the recording): let the other thread run now
+            recording_started.set()
+            assert other_done.wait(10.0)
+        return y + 1.0
+
+    recordings = tracing.Recordings()
+    x = torch.arange(4.0)
+    found: dict[str, object] = {}
+
+    def other() -> None:
+        assert recording_started.wait(10.0)
+        found["recording"], found["result"] = recordings.run(lambda t: torch.sin(t) * 3.0 + 1.0, [x], "other")
+        other_done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    recording, result = recordings.run(fn, [x], "test")
+    thread.join()
+    assert found["recording"] is None and torch.equal(found["result"], torch.sin(x) * 3.0 + 1.0)
+    assert recording is not None and "sin" not in str(recording._function.graph)
+    assert torch.equal(result, x * 3.0 + 1.0)
+    replayed, again = recordings.run(fn, [x + 1.0], "test")
+    assert replayed is recording and torch.equal(again, (x + 1.0) * 3.0 + 1.0)
