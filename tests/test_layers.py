@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from dgp.allocator import keep_freed_memory
 from dgp.priors import layers
 from dgp.priors.layers import (
+    Attention,
     ConditionalBatchNorm,
     DBlock,
     GBlock,
@@ -348,3 +349,36 @@ def test_keep_freed_memory_applies_on_glibc_and_is_harmless():
     assert applied is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
     x = torch.ones(2**20)
     assert float((x * 2).sum()) == 2.0 * 2**20
+
+
+def _convolutional_attention(att: Attention, x: torch.Tensor) -> torch.Tensor:
+    """SAGAN's self-attention as BigGAN writes it: 1x1 convolutions, pooled phi and g, ``g beta^T``."""
+    b, c, h, w = x.shape
+    theta = F.conv2d(x, att.theta.normalized_weight()).reshape(b, c // 8, h * w)
+    phi = F.max_pool2d(F.conv2d(x, att.phi.normalized_weight()), 2).reshape(b, c // 8, h * w // 4)
+    g = F.max_pool2d(F.conv2d(x, att.g.normalized_weight()), 2).reshape(b, c // 2, h * w // 4)
+    beta = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)
+    o = F.conv2d((g @ beta.transpose(1, 2)).reshape(b, c // 2, h, w), att.o.normalized_weight())
+    return att.gamma * o + x
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_attention_as_products_equals_the_convolutions(frozen, batch):
+    """Attention's matrix products (three projections in one) give BigGAN's values and gradients (input, every
+    weight, gamma) in float64, for a tuned layer and for a frozen one (as D runs in a reconstruction)."""
+    torch.manual_seed(0)
+    att = Attention(16).double().eval()
+    with torch.no_grad():
+        att.gamma.fill_(0.7)
+    x = _randn(batch, 16, 8, 8).requires_grad_(True)
+    inputs = [x] + ([] if frozen else [att.theta.weight, att.phi.weight, att.g.weight, att.o.weight, att.gamma])
+    g = _randn(batch, 16, 8, 8) + 0.5
+    if frozen:
+        with frozen_spectral_norm(att):
+            ours, theirs = att(x), _convolutional_attention(att, x)
+    else:
+        ours, theirs = att(x), _convolutional_attention(att, x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -297,7 +297,7 @@ class StackedGenerators:
     Groups of one batch (copies of one generator, tuned by one schedule) can share their recordings: given
     the same ``recordings``, the first group of each size records and the others replay that recording with
     their own tensors and classes (its constants, the untuned tensors of the first group's copy, are equal to
-    theirs).
+    theirs), after running their passes eagerly while it is being made.
     """
 
     def __init__(self, G: Generator, class_ids: Tensor, update_embed: bool, tune_output_layer: bool,
