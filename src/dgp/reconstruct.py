@@ -360,9 +360,9 @@ def _adam_step(opt: torch.optim.Adam) -> None:
 
     With beta1 = 0 Adam's new first moment ``beta1 * m + (1 - beta1) * g`` is ``g`` exactly, whatever ``m``
     holds, so the state's copy of it is pure memory traffic: pointed at the gradient, the fused kernel reads
-    and writes one tensor fewer (one parameter-sized stream of seven) and gives the same bits (tested against
-    the reference loop's plain Adam). For 32 images' generators a step took 14.2 against 18.0 ms on one thread.
-    The state is made by Adam itself on its first step; from then on it is pointed at each step's gradient."""
+    and writes one tensor fewer (one parameter-sized stream of seven) and gives the same bits as Adam's own
+    step (tested). The kernel alone, on 32 images' generators (12.7M parameters, one thread): 14.2 against 18.0
+    ms. The state is made by Adam itself on its first step; from then on it is pointed at each step's gradient."""
     for group in opt.param_groups:
         if group["betas"][0] != 0.0:
             continue
