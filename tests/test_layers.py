@@ -24,6 +24,7 @@ from dgp.priors.layers import (
     SNConv2d,
     SNLinear,
     add_upsampled_2x,
+    channel_affine,
     constant_network,
     eval_inverse_sigma,
     frozen_spectral_norm,
@@ -66,6 +67,24 @@ def test_convolutions_equal_the_original_order(kind, shape, with_bias):
     inputs = [x, weight] + ([bias] if with_bias else [])
     for a, b in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(theirs, inputs, g)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 3, 32, 32), (2, 3, 5, 7), (3, 1, 1, 2), (2, 2, 4, 4)])
+def test_shifted_fold_is_pytorchs_fold_bit_for_bit(shape):
+    """Float32, where rounding would show: the nine shifted additions sum in fold's order, and the planes'
+    gradient is unfold's."""
+    g = _rng()
+    b, c, h, w = shape
+    planes = torch.randn(b, c * 9, h * w, generator=g)
+    grad = torch.randn(shape, generator=g)
+    outputs = []
+    for fold in (lambda p: layers._Fold3x3.apply(p, h, w), lambda p: F.fold(p, (h, w), 3, padding=1)):
+        leaf = planes.clone().requires_grad_()
+        out = fold(leaf)
+        out.backward(grad)
+        outputs.append((out, leaf.grad))
+    (out, grad_planes), (ref, ref_grad) = outputs
+    assert torch.equal(out, ref) and torch.equal(grad_planes, ref_grad)
 
 
 def test_sn_conv_uses_the_narrow_path_only_for_few_outputs(monkeypatch):
@@ -290,6 +309,28 @@ def test_conditional_batch_norm_eval_folds_into_one_affine():
     normalised = (x - bn.stored_mean[:, None, None]) / torch.sqrt(bn.stored_var[:, None, None] + bn.eps)
     expected = normalised * (1 + bn.gain(y))[..., None, None] + bn.bias(y)[..., None, None]
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 16, 16), (3, 5, 7, 3), (1, 4, 4, 4), (2, 6, 1, 1)])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_channel_affine_is_addcmul_bit_for_bit(shape, per_image):
+    """Float32, where rounding would show: the batch-norm kernel gives addcmul's values and input gradient
+    exactly; the scale's and shift's gradients are the same sums in another order."""
+    g = _rng()
+    b, c = shape[:2]
+    x, grad = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    params = torch.randn(2, *((b, c) if per_image else (c,)), generator=g)
+    results = []
+    for affine in (channel_affine, lambda x, s, t: torch.addcmul(t[..., None, None], x, s[..., None, None])):
+        leaves = [t.clone().requires_grad_() for t in (x, params[0], params[1])]
+        out = affine(*leaves)
+        out.backward(grad)
+        results.append((out, *(t.grad for t in leaves)))
+    (out, grad_x, grad_scale, grad_shift), (ref, ref_x, ref_scale, ref_shift) = results
+    assert out.shape == shape and out._base is None  # a tensor of its own: a ReLU may follow in place
+    assert torch.equal(out, ref) and torch.equal(grad_x, ref_x)
+    torch.testing.assert_close(grad_scale, ref_scale, rtol=1e-4, atol=1e-4)  # sums of up to 8,192 products
+    torch.testing.assert_close(grad_shift, ref_shift, rtol=1e-4, atol=1e-4)
 
 
 def test_conditional_batch_norm_trains_with_batch_statistics():

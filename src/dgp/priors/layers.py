@@ -202,6 +202,31 @@ def constant_network(module: nn.Module) -> Iterator[None]:
                 state.frozen.__exit__(None, None, None)
 
 
+def channel_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x * scale + shift`` with one scale and shift per channel: ``x`` ``(B, C, H, W)``, ``scale`` and
+    ``shift`` ``(C,)`` (shared by the images) or ``(B, C)`` (per image), to ``(B, C, H, W)``.
+
+    Runs PyTorch's eval-mode batch-norm kernel with statistics 0 and 1 and no epsilon (per image over ``x``
+    viewed as ``(1, B * C, H, W)``), which computes exactly ``x * scale + shift``: the values and the input's
+    gradient are those of ``torch.addcmul(shift, x, scale)`` bit for bit (tested). On a CPU (one thread, 32
+    images of 64 channels at 32 px) it runs forward in 0.70 against 1.29 ms, and forward and backward with
+    the gradients of ``x``, the scale and the shift in 4.9 against 11.4 ms; those two gradients are sums taken
+    in another order than autograd's, equal up to float rounding. Where only ``x`` needs its gradient, the
+    kernel's backward pass is slower than addcmul's one product (1.2 against 0.7 ms), so addcmul runs.
+    """
+    if torch.is_grad_enabled() and x.requires_grad and not (scale.requires_grad or shift.requires_grad):
+        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+    b, c, h, w = x.shape
+    if scale.dim() == 1 and shift.dim() == 1:
+        return F.batch_norm(x, x.new_zeros(c), x.new_ones(c), scale, shift, False, 0.0, 0.0)
+    flat_scale, flat_shift = scale.expand(b, c).reshape(-1), shift.expand(b, c).reshape(-1)
+    out = F.batch_norm(x.reshape(1, b * c, h, w), x.new_zeros(b * c), x.new_ones(b * c), flat_scale, flat_shift,
+                       False, 0.0, 0.0)
+    # reshaped as a tensor of its own, not a view of the kernel's output: a view could not be modified in
+    # place (a ReLU) when it leaves an autograd function, and would be rebased by autograd when it is
+    return torch.ops.aten._unsafe_view(out, [b, c, h, w])
+
+
 def _box_taps(flip: bool) -> Tensor:
     """``(9, 16)`` 0/1 matrix taking a 3x3 kernel's taps (row-major) to the 4x4 kernel it becomes when summed
     over 2x2 windows of its zero-padded self (tap ``t`` of a row feeds box taps ``t`` and ``t + 1``), flipped
@@ -341,6 +366,41 @@ def pooled_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None, taps: Tensor 
     return F.conv2d(x, _apply_taps(weight, taps), bias, stride=2, padding=1)
 
 
+def _fold_slices(tap: int, size: int) -> tuple[slice, slice]:
+    """``(output rows, plane rows)`` that a 3x3 tap at offset ``tap`` (0, 1 or 2) adds, padding 1."""
+    return slice(max(0, tap - 1), min(size, size + tap - 1)), slice(max(0, 1 - tap), min(size, size + 1 - tap))
+
+
+class _Fold3x3(torch.autograd.Function):
+    """``F.fold(planes, (H, W), 3, padding=1)``: ``planes`` ``(B, C * 9, H * W)`` (rows by channel, then tap in
+    row-major order) to ``(B, C, H, W)``, each tap's plane added at its offset.
+
+    Forward as nine shifted in-place additions in the taps' order, which is the order of PyTorch's column-to-
+    image loop, so the sums are the same bit for bit; backward (the planes' gradient, ``F.unfold`` of the
+    output's) as one stacked copy of nine shifted views of the zero-padded gradient, the same values. PyTorch's
+    CPU kernels for both loop element by element: for 32 images of 3 channels at 32 px these took 0.30 against
+    1.36 ms forward and 0.28 against 1.32 ms backward (one thread)."""
+
+    @staticmethod
+    def forward(ctx, planes: Tensor, height: int, width: int) -> Tensor:  # noqa: ANN001
+        b, rows = planes.shape[:2]
+        taps = planes.view(b, rows // 9, 3, 3, height, width)
+        out = planes.new_zeros(b, rows // 9, height, width)
+        for i in range(3):
+            out_rows, plane_rows = _fold_slices(i, height)
+            for j in range(3):
+                out_cols, plane_cols = _fold_slices(j, width)
+                out[:, :, out_rows, out_cols] += taps[:, :, i, j, plane_rows, plane_cols]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        b, c, h, w = grad.shape
+        padded = F.pad(grad, (1, 1, 1, 1))
+        shifted = [padded[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)]
+        return torch.stack(shifted, 2).view(b, c * 9, h * w), None, None
+
+
 def narrow_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``conv2d(x, weight, bias, padding=1)`` for few output channels (G's 3-channel output layer), as one
     matrix product and a column-to-image sum (``F.fold``).
@@ -361,7 +421,9 @@ def narrow_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     b, c, h, w = x.shape
     taps = weight.flip(2, 3).permute(0, 2, 3, 1).reshape(-1, c)  # (out * 9, in), rows in fold's order
     planes = torch.matmul(taps, x.reshape(b, c, h * w))  # (B, out * 9, H * W)
-    out = F.fold(planes, (h, w), 3, padding=1)
+    # one image: PyTorch's fold (fewer operators); more: nine shifted additions (:class:`_Fold3x3`; sizes as
+    # ints: a recording sees them as tensors)
+    out = F.fold(planes, (h, w), 3, padding=1) if b == 1 else _Fold3x3.apply(planes, int(h), int(w))
     return out if bias is None else out + bias[:, None, None]
 
 
@@ -549,8 +611,7 @@ class ConditionalBatchNorm(nn.Module):
             out = F.batch_norm(x, self.stored_mean, self.stored_var, None, None, True, self.momentum, self.eps)
             return out * gain[..., None, None] + bias[..., None, None]
         scale = gain * torch.rsqrt(self.stored_var + self.eps)
-        shift = bias - self.stored_mean * scale
-        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+        return channel_affine(x, scale, bias - self.stored_mean * scale)
 
 
 class BatchNorm(nn.Module):

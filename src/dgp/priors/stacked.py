@@ -33,6 +33,7 @@ from dgp.priors.layers import (
     SNLinear,
     SpectralNorm,
     add_upsampled_2x,
+    channel_affine,
     eval_inverse_sigma,
     upsample_nearest_2x,
 )
@@ -230,7 +231,7 @@ class _NormalizedConv(torch.autograd.Function):
             total = inverse.unsqueeze(1) if scale is None else inverse.unsqueeze(1) * scale
             offset = _fused_affine(bias, scale, shift)
             out = (unscaled * total[:, :, None, None] if offset is None
-                   else torch.addcmul(offset[:, :, None, None], unscaled, total[:, :, None, None]))
+                   else channel_affine(unscaled, total, offset))
             saved: tuple[Tensor, ...] = (unscaled,)  # the gradient of 1 / sigma: its product with the gradient
         else:
             if scale is not None or shift is not None:
@@ -373,7 +374,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
     scale, shift = (None, None) if affine is None else affine
     if stacked_weight is None and not bias_per_image:
         out = layer.forward_upsampled(x) if upsample else layer(x)
-        return out if affine is None else torch.addcmul(shift[:, :, None, None], out, scale[:, :, None, None])
+        return out if affine is None else channel_affine(out, scale, shift)
     b = x.shape[0]
     if bias is not None and not bias_per_image:
         bias = bias.expand(b, -1)
@@ -401,8 +402,8 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
         out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), stacked_weight.flatten(0, 1), None, layer.stride,
                        layer.padding, groups=b)
         out = out.reshape(b, -1, *out.shape[2:])
-        inverse = _per_image(weights.inverse_sigma(layer), 3)
-        out = out * inverse if bias is None else torch.addcmul(bias[:, :, None, None], out, inverse)
+        inverse = weights.inverse_sigma(layer).unsqueeze(1)  # (B, 1)
+        out = out * inverse[:, :, None, None] if bias is None else channel_affine(out, inverse, bias)
     else:
         w = _normalized_weights(weights, layer, stacked_weight, b)
         if one_by_one:
@@ -412,7 +413,7 @@ def _conv(weights: _Weights, layer: SNConv2d, x: Tensor, upsample: bool = False,
             out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.flatten(0, 1), None if bias is None else bias.flatten(),
                            layer.stride, layer.padding, groups=b)
             out = out.reshape(b, -1, *out.shape[2:])
-    return out if affine is None else torch.addcmul(shift[:, :, None, None], out, scale[:, :, None, None])
+    return out if affine is None else channel_affine(out, scale, shift)
 
 
 def _eval_affine(gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm | BatchNorm) -> tuple[Tensor, Tensor]:
@@ -426,7 +427,7 @@ def _eval_norm(x: Tensor, gain: Tensor, bias: Tensor, norm: ConditionalBatchNorm
     """Batch norm in eval mode (:func:`_eval_affine`) applied to ``x`` in one pass (its gradient with respect
     to ``x`` is one product)."""
     scale, shift = _eval_affine(gain, bias, norm)
-    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
+    return channel_affine(x, scale, shift)
 
 
 def _batch_norm_affine(weights: _Weights, bn: ConditionalBatchNorm, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -449,7 +450,7 @@ def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, matc
             flat = match.flatten(2)
             weight.copy_(flat.std(dim=2))
             bias.copy_(flat.mean(dim=2))
-    return torch.addcmul(bias[:, :, None, None], F.instance_norm(x, eps=inorm.eps), weight[:, :, None, None])
+    return channel_affine(F.instance_norm(x, eps=inorm.eps), weight, bias)
 
 
 def _block(weights: _Weights, block: GBlock, x: Tensor, y: Tensor, use_in: bool) -> Tensor:
