@@ -3,11 +3,12 @@
 Usage::
 
     .venv/bin/python benchmarks/speed.py [--prior cifar10] [--threads N] [--quick] [--repeats 3]
-        [--imagenet-repeats 2] [--system-allocator] [-o docs/performance.md]
+        [--imagenet-repeats 2] [--long-iterations N] [--system-allocator] [-o docs/performance.md]
 
 Prints, for the shipped prior and for the 128-pixel ImageNet BigGAN architecture with random weights:
 ms per iteration (a step of a single image, lean and reference loops, set-up excluded), the set-up, images per
-second for batch sizes 1, 4, 16, 64 (of whole reconstructions, and of their steps alone), latent-search time for
+second for batch sizes 1, 4, 16, 64 (of whole reconstructions, and of their steps alone; the largest batch also over
+one reconstruction of a preset's length, ``--long-iterations``), latent-search time for
 500 candidates, peak resident memory, FLOPs per iteration (counted by
 ``torch.utils.flop_counter``), the achieved GFLOP/s and its fraction of this machine's convolution peak
 (measured in the same run). Writes a Markdown report and, when matplotlib is installed, a throughput plot.
@@ -40,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dgp.allocator import keep_freed_memory
 from dgp.degradations import Degradation, parse_degradation
+from dgp.pipeline import default_schedule
 from dgp.priors.biggan import BigGANConfig, Discriminator, Generator
 from dgp.priors.registry import Prior, load_prior
 from dgp.reconstruct import DGPReconstructor
@@ -186,8 +188,6 @@ def search_seconds(prior: Prior, candidates: int, reference: bool = False) -> fl
 
 def full_preset_seconds(prior: Prior, preset: str) -> float:
     """Wall time of a whole task preset (search + all stages) as the CLI runs it for this prior."""
-    from dgp.pipeline import default_schedule
-
     deg = parse_degradation("gray", size=(prior.resolution, prior.resolution))
     obs = deg.observe(torch.rand(1, 3, prior.resolution, prior.resolution) * 2 - 1)
     start = time.perf_counter()
@@ -211,13 +211,16 @@ def random_imagenet_128() -> Prior:
 
 
 def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: int, candidates: int,
-            reference_iterations: int, full_preset: bool, repeats: int = 1) -> dict:
+            reference_iterations: int, full_preset: bool, repeats: int = 1, long_iterations: int = 0) -> dict:
     """Every figure of one prior; the single-image, reference-loop and batched timings are medians of
     ``repeats`` interleaved rounds (:func:`time_path`; one image's batch throughput is the single-image
     path's run), the full colorization preset the median of up to 3 runs.
 
     Each round also measures the conv peak (appended to ``peaks``), so that every batch size's fraction of
     the peak is also taken against the peak of its own round, seconds apart (``fraction_of_peak_by_round``).
+    With ``long_iterations``, the largest batch is also timed once over a whole reconstruction of that many
+    iterations (a preset's length, where the set-up weighs far less than in ``iterations``), with a conv
+    peak measured before and after it.
     """
     row: dict = {"prior": prior.name, "resolution": prior.resolution, "repeats": repeats, "iterations": iterations}
     singles: list[Timing] = []
@@ -261,6 +264,14 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
                                         for b, r in whole.items()}
     row["step_fraction_of_peak_by_round"] = {b: [flops * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
                                              for b, r in alone.items()}
+    if long_iterations:
+        b = max(batches)
+        before = conv_peak_gflops(1.0)
+        seconds = run_seconds(prior, "lean", b, long_iterations)
+        around = [before, conv_peak_gflops(1.0)]
+        peaks += around
+        row["long_run"] = {"batch": b, "iterations": long_iterations, "seconds": seconds,
+                           "gflops": flops * long_iterations * b / seconds / 1e9, "peaks": around}
     row["search_seconds"] = search_seconds(prior, candidates)
     row["reference_search_seconds"] = search_seconds(prior, candidates, reference=True)
     if full_preset:
@@ -301,6 +312,13 @@ def targets(row: dict, peak: float) -> list[str]:
         lines.append(f"| the same for a step alone, set-up excluded (the run's median peak) | {100 * step / peak:.1f}% "
                      f"(B={best[0]}; against each round's own peak: "
                      f"{', '.join(f'{100 * f:.1f}%' for f in by_round)}) | {'yes' if step >= 0.4 * peak else 'no'} |")
+    long = row.get("long_run")
+    if long is not None:
+        own = long["gflops"] / statistics.median(long["peaks"])
+        lines.append(f"| the same for one whole {long['iterations']}-iteration reconstruction (a preset's length; one "
+                     f"run, B={long['batch']}, {long['seconds']:.0f} s) | {100 * long['gflops'] / peak:.1f}% "
+                     f"({100 * own:.1f}% against the peaks measured before and after it) | "
+                     f"{'yes' if long['gflops'] >= 0.4 * peak else 'no'} |")
     lines.append(f"| lean path faster than the naive loop (a step) | {row['speedup']:.2f}x | "
                  f"{'yes' if row['speedup'] > 1 else 'no'} |")
     if 16 in ips and 1 in ips:
@@ -424,12 +442,17 @@ def main() -> None:
                         help="interleaved rounds of the 128-px timings (default 2; a step takes seconds)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved rounds of the shipped prior's timings, reported as medians (default 3)")
+    parser.add_argument("--long-iterations", type=int, default=None,
+                        help="also time one whole reconstruction of the largest batch over this many iterations "
+                        "(default: the colorization preset's length, 0 with --quick; 0: skip)")
     parser.add_argument("--system-allocator", action="store_true",
                         help="keep glibc's allocator defaults instead of dgp.allocator.keep_freed_memory()")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/performance.md"))
     args = parser.parse_args()
     if args.repeats < 1 or args.imagenet_repeats < 1:
         parser.error("--repeats and --imagenet-repeats must be at least 1")
+    if args.long_iterations is not None and args.long_iterations < 0:
+        parser.error("--long-iterations must be at least 0")
     tuned = False if args.system_allocator else keep_freed_memory()
     allocator = "freed memory kept for reuse (dgp.allocator)" if tuned else "the system allocator's defaults"
     torch.set_num_threads(args.threads)
@@ -438,8 +461,12 @@ def main() -> None:
     rows = []
     small = load_prior(args.prior)
     batches = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    long_iterations = args.long_iterations
+    if long_iterations is None:
+        long_iterations = 0 if args.quick else default_schedule(small, "colorization").total_iterations
     rows.append(measure(small, peaks, batches, iterations=10 if args.quick else 30, candidates=500,
-                        reference_iterations=5 if args.quick else 15, full_preset=True, repeats=args.repeats))
+                        reference_iterations=5 if args.quick else 15, full_preset=True, repeats=args.repeats,
+                        long_iterations=long_iterations))
     print(rows[-1])
     if not args.skip_imagenet:
         big = random_imagenet_128()
