@@ -390,7 +390,7 @@ class _Fold3x3(torch.autograd.Function):
             out_rows, plane_rows = _fold_slices(i, height)
             for j in range(3):
                 out_cols, plane_cols = _fold_slices(j, width)
-                out[:, :, out_rows, out_cols] += taps[:, :, i, j, plane_rows, plane_cols]
+                out[:, :, out_rows, out_cols].add_(taps[:, :, i, j, plane_rows, plane_cols])
         return out
 
     @staticmethod
