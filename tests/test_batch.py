@@ -333,7 +333,10 @@ def test_threads_per_worker_are_set_recorded_and_leave_the_caller_as_it_was(tmp_
 
 def test_cli_interrupted_run_leaves_no_partial_file_and_rerun_finishes(tmp_path: Path, prior_folder: Path) -> None:
     data = tmp_path / "data"
-    count = 30  # at about 0.1 s an image, the run outlasts the wait for its second row by seconds
+    # rows arrive a batch (up to 15 images, about 0.1 s each) at a time: after the first batch's rows, the three
+    # batches left outlast the wait for them by seconds, even on a loaded machine (with 30 images the one batch
+    # left finished first there once)
+    count = 60
     make_images(data, count)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "dgp", "batch", str(data), "--task", "colorize", "--degrade", "-o", str(out),
