@@ -405,7 +405,7 @@ def dgp_serve(prior: str, folder: Path) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGINT)  # Gradio closes the server, then dgp removes its run folders
         try:
-            proc.wait(timeout=60)  # generous: on a loaded machine the shutdown took over 20 s once
+            proc.wait(timeout=60)  # generous: with 20 s, a loaded machine once left the run folders behind
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
