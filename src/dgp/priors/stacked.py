@@ -437,7 +437,7 @@ def _batch_norm_affine(weights: _Weights, bn: ConditionalBatchNorm, y: Tensor) -
 
 def _batch_norm(weights: _Weights, bn: ConditionalBatchNorm, x: Tensor, y: Tensor) -> Tensor:
     """Conditional batch norm in eval mode: ``x`` ``(B, C, H, W)``, ``y`` ``(B, cond_dim)``."""
-    return _eval_norm(x, 1 + _linear(weights, bn.gain, y), _linear(weights, bn.bias, y), bn)
+    return channel_affine(x, *_batch_norm_affine(weights, bn, y))
 
 
 def _instance_norm(weights: _Weights, inorm: FrozenInstanceNorm, x: Tensor, match: Tensor | None) -> Tensor:
