@@ -9,9 +9,10 @@ Prints, for the shipped prior and for the 128-pixel ImageNet BigGAN architecture
 ms per iteration (a step of a single image, lean and reference loops, set-up excluded), the set-up, images per
 second for batch sizes 1, 4, 16, 64 (of whole reconstructions, and of their steps alone; the largest batch also over
 one reconstruction of a preset's length, ``--long-iterations``), latent-search time for
-500 candidates, peak resident memory, FLOPs per iteration (counted by
+500 candidates, peak resident memory, FLOPs per iteration and of a reconstruction's set-up (counted by
 ``torch.utils.flop_counter``), the achieved GFLOP/s and its fraction of this machine's convolution peak
-(measured in the same run). Writes a Markdown report and, when matplotlib is installed, a throughput plot.
+(measured in the same run), and the memory bandwidth in each round. Writes a Markdown report and, when
+matplotlib is installed, a throughput plot.
 
 On a shared machine a run can slow down for seconds at a time, so the single-image, reference-loop and batched
 timings are taken in interleaved rounds (``--repeats`` for the shipped prior, ``--imagenet-repeats`` for the
@@ -74,6 +75,21 @@ def conv_peak_gflops(seconds: float = 3.0) -> float:
     return flops * n / (time.perf_counter() - start) / 1e9
 
 
+def memory_gbps(seconds: float = 1.0) -> float:
+    """Sustained GB/s (bytes read and written) of an element-wise sum of two 64 MiB tensors into a third, far
+    beyond the cache share of this virtual machine: the rate that bounds a large batch's element-wise passes.
+    It is measured beside the conv peak, which is compute-bound, to tell which of the two a slow spell of the
+    shared host slows."""
+    n = 16 * 2**20  # float32 elements: 64 MiB a tensor
+    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
+    torch.add(a, b, out=c)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.add(a, b, out=c)
+        count += 1
+    return 3 * 4 * n * count / (time.perf_counter() - start) / 1e9
+
+
 def one_stage(iterations: int) -> Schedule:
     """A single fully-open stage with the colorization loss (D features, no MSE), no latent search."""
     return Schedule("bench", (Stage(iterations, 5e-5, 1e-3, None, 1.0, 7, 1.0, 0.0, False),), n_candidates=0)
@@ -118,6 +134,14 @@ def flops_per_iteration(prior: Prior, path: str = "lean") -> float:
     the gradients of D's weights and of G's untuned ones, as the original did), counted by
     PyTorch as the difference between runs of 2 and 1 steps (so set-up work such as the lean path's target
     features cancels out)."""
+    return counted_flops(prior, path)[0]
+
+
+def counted_flops(prior: Prior, path: str = "lean") -> tuple[float, float]:
+    """``(FLOPs of a step, FLOPs of the rest of a reconstruction)`` of one image on ``path``, counted by
+    PyTorch over whole reconstructions of 1 and 2 steps (:func:`flops_per_iteration`). The rest is the work a
+    reconstruction does besides its steps: for the lean path the target's features (a pass of D) and the final
+    image (a pass of G), here without a latent search."""
     deg, clean, obs = _observation(prior)
     totals = []
     for steps in (1, 2):
@@ -132,7 +156,8 @@ def flops_per_iteration(prior: Prior, path: str = "lean") -> float:
             else:
                 DGPReconstructor(prior, one_stage(steps))(obs, deg, 0)
         totals.append(float(counter.get_total_flops()))
-    return totals[1] - totals[0]
+    step = totals[1] - totals[0]
+    return step, max(totals[0] - step, 0.0)
 
 
 def run_seconds(prior: Prior, path: str, batch: int, iterations: int) -> float:
@@ -227,17 +252,21 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
     references: list[Timing] = []
     runs: dict[int, list[Timing]] = {b: [] for b in batches}
     round_peaks: list[float] = []
+    round_memory: list[float] = []
     for _ in range(repeats):
         singles.append(time_path(prior, "lean", 1, iterations))
         references.append(time_path(prior, "reference", 1, reference_iterations))
         round_peaks.append(conv_peak_gflops(1.0))
+        round_memory.append(memory_gbps())
         for b in batches:
             runs[b].append(singles[-1] if b == 1 else time_path(prior, "lean", b, iterations))
     peaks += round_peaks
     steps = [t.step for t in singles]
     reference_steps = [t.step for t in references]
     single, ref = statistics.median(steps), statistics.median(reference_steps)
-    flops, reference_flops = flops_per_iteration(prior), flops_per_iteration(prior, "reference")
+    (flops, setup_flops), reference_flops = counted_flops(prior), flops_per_iteration(prior, "reference")
+    # a whole reconstruction's FLOPs, as its images/s count its whole time: the set-up's and every step's
+    whole_flops = setup_flops + flops * iterations
     reference_setup = statistics.median(t.setup for t in references)
     row.update(ms_per_iteration=1e3 * single, ms_per_iteration_range=(1e3 * min(steps), 1e3 * max(steps)),
                setup_seconds=statistics.median(t.setup for t in singles),
@@ -246,7 +275,8 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
                reference_setup_seconds=reference_setup,
                # one image at a time, as the original restores them: set-up plus ``iterations`` steps
                reference_images_per_second=1 / (reference_setup + iterations * ref),
-               speedup=ref / single, gflop_per_iteration=flops / 1e9, achieved_gflops=flops / single / 1e9,
+               speedup=ref / single, gflop_per_iteration=flops / 1e9, setup_gflop=setup_flops / 1e9,
+               achieved_gflops=flops / single / 1e9,
                reference_gflop_per_iteration=reference_flops / 1e9,
                reference_achieved_gflops=reference_flops / ref / 1e9)
     whole = {b: [b / t.whole for t in r] for b, r in runs.items()}  # images/s of whole reconstructions
@@ -257,10 +287,11 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
     row["setup_seconds_by_batch"] = {b: statistics.median(t.setup for t in r) for b, r in runs.items()}
     if 1 in runs:  # the batch speed-up within each round, where both sizes ran a few seconds apart
         row["speedup_by_round"] = {b: [r / one for r, one in zip(whole[b], whole[1])] for b in batches}
-    row["batched_gflops"] = {b: flops * iterations * ips / 1e9 for b, ips in row["images_per_second"].items()}
+    row["batched_gflops"] = {b: whole_flops * ips / 1e9 for b, ips in row["images_per_second"].items()}
     row["step_gflops"] = {b: flops * ips / 1e9 for b, ips in row["step_images_per_second"].items()}
     row["round_peaks"] = round_peaks
-    row["fraction_of_peak_by_round"] = {b: [flops * iterations * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
+    row["memory_gbps_by_round"] = round_memory
+    row["fraction_of_peak_by_round"] = {b: [whole_flops * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
                                         for b, r in whole.items()}
     row["step_fraction_of_peak_by_round"] = {b: [flops * ips / 1e9 / p for ips, p in zip(r, round_peaks)]
                                              for b, r in alone.items()}
@@ -271,7 +302,7 @@ def measure(prior: Prior, peaks: list[float], batches: list[int], iterations: in
         around = [before, conv_peak_gflops(1.0)]
         peaks += around
         row["long_run"] = {"batch": b, "iterations": long_iterations, "seconds": seconds,
-                           "gflops": flops * long_iterations * b / seconds / 1e9, "peaks": around}
+                           "gflops": (setup_flops + flops * long_iterations) * b / seconds / 1e9, "peaks": around}
     row["search_seconds"] = search_seconds(prior, candidates)
     row["reference_search_seconds"] = search_seconds(prior, candidates, reference=True)
     if full_preset:
@@ -323,7 +354,8 @@ def targets(row: dict, peak: float) -> list[str]:
                  f"{'yes' if row['speedup'] > 1 else 'no'} |")
     if 16 in ips and 1 in ips:
         lines += ["", f"Each throughput counts a reconstruction's set-up (copies of G, recordings, target features, "
-                  f"results) in its {row['iterations']} iterations, which favours the batch, whose set-up is shared "
+                  f"results; its time, and the FLOPs of the target's features and the final image) with its "
+                  f"{row['iterations']} iterations, which favours the batch, whose set-up is shared "
                   "by its images; a preset runs 250-350 iterations. Set-up excluded, a step of 16 images gives "
                   f"{row['step_images_per_second'][16] / row['step_images_per_second'][1]:.2f}x the images/s of "
                   "one image's step (the tables below give every batch size's step alone); whole colorizations of "
@@ -346,8 +378,9 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
              f"Convolution peak measured in the same run: **{peak:.1f} GFLOP/s** (3x3 conv, 128 channels, 32x32, "
              f"batch 16; median of {len(peaks)} measurements, at the start and in every round, "
              f"{min(peaks):.1f}-{max(peaks):.1f}). An iteration is one optimisation step: G forward, degradation, "
-             "D forward, backward, two Adam steps. Throughput counts one image as the given number of "
-             "iterations. Batches run through `DGPReconstructor.batch` as the `dgp` command runs them: on a "
+             "D forward, backward, two Adam steps. The GFLOP/s of whole reconstructions count every FLOP they "
+             "do: the given number of iterations and the set-up's (the target's features and the final "
+             "image). Batches run through `DGPReconstructor.batch` as the `dgp` command runs them: on a "
              "CPU the images are split into one group per torch thread, each tuned in a thread of its own; "
              "one image is the lean single-image path on all threads."
              + " Single-image, reference-loop and batched timings are medians of interleaved rounds ("
@@ -373,6 +406,8 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
                   f"| set-up of one image's reconstruction, naive loop | {1e3 * r['reference_setup_seconds']:.0f} ms |",
                   f"| speed-up of the lean path (a step) | {r['speedup']:.2f}x |",
                   f"| GFLOP per iteration (counted) | {r['gflop_per_iteration']:.3f} |",
+                  f"| GFLOP of a reconstruction besides its iterations (counted: the target's features, the final "
+                  f"image) | {r['setup_gflop']:.3f} |",
                   f"| GFLOP per iteration, naive loop (counted: it also recomputes the target's features and "
                   f"computes the gradients of D's and G's untuned weights) | "
                   f"{r['reference_gflop_per_iteration']:.3f} |",
@@ -388,6 +423,10 @@ def report(rows: list[dict], peaks: list[float], threads: int, command: str, all
             lo, hi = r.get("colorization_preset_seconds_range", (r["colorization_preset_seconds"],) * 2)
             lines.append(f"| full colorization preset (search + stages), median of runs | "
                          f"{r['colorization_preset_seconds']:.1f} s ({lo:.1f}-{hi:.1f}) |")
+        memory = r.get("memory_gbps_by_round", [])
+        if memory:
+            lines.append(f"| memory bandwidth in each round (a sum of 64 MiB tensors; median, range) | "
+                         f"{statistics.median(memory):.1f} GB/s ({min(memory):.1f}-{max(memory):.1f}) |")
         lines.append(f"| peak resident memory of the process so far | {r['peak_rss_mb']:.0f} MB |")
         lines += ["", f"| batch size | images/s ({r['iterations']} iterations) | range | speed-up vs B=1 | GFLOP/s | "
                   "% of peak | a step alone: images/s | speed-up vs B=1 | % of peak | set-up s |",
