@@ -131,17 +131,15 @@ def _observation(prior: Prior) -> tuple[Degradation, Tensor, Tensor]:
 def flops_per_iteration(prior: Prior, path: str = "lean") -> float:
     """FLOPs of one optimisation step (G forward, degradation, D forward, backward) of ``path`` (``"lean"``
     or ``"reference"``: the naive loop, which also recomputes the target's features every step and computes
-    the gradients of D's weights and of G's untuned ones, as the original did), counted by
-    PyTorch as the difference between runs of 2 and 1 steps (so set-up work such as the lean path's target
-    features cancels out)."""
+    the gradients of D's weights and of G's untuned ones, as the original did); see :func:`counted_flops`."""
     return counted_flops(prior, path)[0]
 
 
 def counted_flops(prior: Prior, path: str = "lean") -> tuple[float, float]:
     """``(FLOPs of a step, FLOPs of the rest of a reconstruction)`` of one image on ``path``, counted by
-    PyTorch over whole reconstructions of 1 and 2 steps (:func:`flops_per_iteration`). The rest is the work a
-    reconstruction does besides its steps: for the lean path the target's features (a pass of D) and the final
-    image (a pass of G), here without a latent search."""
+    PyTorch over whole reconstructions of 1 and 2 steps: a step is their difference (so that set-up work
+    cancels out), the rest the 1-step run less a step. For the lean path the rest is the target's features (a
+    pass of D) and the final image (a pass of G); the benchmark's runs have no latent search."""
     deg, clean, obs = _observation(prior)
     totals = []
     for steps in (1, 2):
